@@ -1,1 +1,394 @@
-//! placeholder
+//! kadrtc's WebRTC layer: the only crate that depends on `webrtc` (webrtc-rs 0.21).
+//!
+//! One [`PeerConnection`] per negotiation attempt, with one reliable, ordered data channel
+//! (RFC 8831) labelled [`CHANNEL_LABEL`]. Everything the connection reports arrives as
+//! [`RtcEvent`]s on a bounded channel, tagged with a value of the caller's choosing (kadrtc
+//! tags them with the remote peer and the session id).
+//!
+//! ```no_run
+//! # async fn run() -> Result<(), kadrtc_rtc::RtcError> {
+//! use kadrtc_rtc::{PeerConnection, RtcConfig, RtcEvent};
+//! let (tx, mut rx) = tokio::sync::mpsc::channel(64);
+//! let offerer = PeerConnection::new(&RtcConfig::loopback(), "a", tx.clone()).await?;
+//! let answerer = PeerConnection::new(&RtcConfig::loopback(), "b", tx).await?;
+//! let offer = offerer.create_offer().await?;
+//! let answer = answerer.accept_offer(offer).await?;
+//! offerer.apply_answer(answer).await?;
+//! while let Some((tag, event)) = rx.recv().await {
+//!     match (tag, event) {
+//!         ("a", RtcEvent::LocalCandidate(c)) => answerer.add_candidate(c).await?,
+//!         ("b", RtcEvent::LocalCandidate(c)) => offerer.add_candidate(c).await?,
+//!         (_, RtcEvent::ChannelOpen(channel)) => channel.send(b"hello").await?,
+//!         _ => {}
+//!     }
+//! }
+//! # Ok(())
+//! # }
+//! ```
+
+#![deny(missing_docs)]
+#![cfg_attr(not(test), deny(clippy::unwrap_used))]
+
+use std::fmt;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::sync::Arc;
+
+use bytes::BytesMut;
+use thiserror::Error;
+use tokio::sync::mpsc;
+use webrtc::data_channel::{DataChannel, DataChannelEvent};
+use webrtc::peer_connection::{
+    PeerConnectionBuilder, PeerConnectionEventHandler,
+    RTCConfigurationBuilder, RTCIceCandidateInit, RTCIceGatheringState, RTCIceServer,
+    RTCPeerConnectionIceEvent, RTCPeerConnectionState, RTCSessionDescription,
+    SettingEngineBuilder,
+};
+
+/// Label of the data channel kadrtc opens between two peers.
+pub const CHANNEL_LABEL: &str = "kadrtc";
+
+/// Bytes a channel may have handed to SCTP but not yet had acknowledged before
+/// [`Channel::send`] waits (send backpressure). 1 MiB matches the SCTP receive window.
+pub const DEFAULT_SEND_BUFFER_LIMIT: usize = 1024 * 1024;
+
+/// Largest message [`Channel::send`] accepts, in bytes. 64 KiB is the message size every
+/// WebRTC implementation interoperates with (RFC 8831 §6.6 recommends staying at or below it).
+pub const MAX_MESSAGE_SIZE: usize = 64 * 1024;
+
+/// Where and how peer connections gather candidates.
+#[derive(Debug, Clone)]
+pub struct RtcConfig {
+    /// Local IPs to bind one UDP socket each (port chosen by the OS). An unspecified address
+    /// (`0.0.0.0`, `::`) means every non-loopback interface of that family. Loopback
+    /// addresses are bound and offered as host candidates too, which webrtc-rs skips by
+    /// default (DESIGN.md facts), so peers on 127.0.0.1 can connect.
+    pub bind_ips: Vec<IpAddr>,
+    /// STUN/TURN server URLs (`stun:host:port`); empty by default: no public server is used.
+    pub ice_servers: Vec<String>,
+}
+
+/// What a [`PeerConnection`] reports. Marked `#[non_exhaustive]`: match with a wildcard arm.
+#[derive(Debug)]
+#[non_exhaustive]
+pub enum RtcEvent {
+    /// A local ICE candidate was gathered, in its `candidate:...` attribute form
+    /// (RFC 8839 §5.1).
+    LocalCandidate(String),
+    /// Local gathering finished (end-of-candidates, RFC 8838 §4.1).
+    GatheringComplete,
+    /// The data channel is open.
+    ChannelOpen(Channel),
+    /// A message arrived on the data channel.
+    Message(Vec<u8>),
+    /// The data channel closed.
+    ChannelClosed,
+    /// The peer connection failed (ICE or DTLS) or was closed.
+    Failed(String),
+}
+
+/// Why a WebRTC operation failed.
+#[derive(Debug, Error)]
+#[non_exhaustive]
+pub enum RtcError {
+    /// webrtc-rs reported an error.
+    #[error("webrtc: {0}")]
+    Webrtc(String),
+    /// The connection has no local description after it was set.
+    #[error("no local description after setting it")]
+    NoLocalDescription,
+    /// A message is larger than [`MAX_MESSAGE_SIZE`].
+    #[error("message is {size} bytes; at most {MAX_MESSAGE_SIZE} are allowed")]
+    MessageTooLarge {
+        /// Size of the rejected message.
+        size: usize,
+    },
+}
+
+/// One WebRTC peer connection with kadrtc's data channel.
+pub struct PeerConnection {
+    inner: Arc<dyn webrtc::peer_connection::PeerConnection>,
+    /// Starts forwarding a locally created channel's events, tagged like the connection's.
+    watch: Box<dyn Fn(Arc<dyn DataChannel>) + Send + Sync>,
+}
+
+/// An open data channel. Cheap to clone; sends from clones interleave message by message.
+#[derive(Clone)]
+pub struct Channel {
+    inner: Arc<dyn DataChannel>,
+}
+
+struct Handler<T> {
+    tag: T,
+    events: mpsc::Sender<(T, RtcEvent)>,
+}
+
+impl RtcConfig {
+    /// Binds 127.0.0.1 only: for tests and local testnets.
+    pub fn loopback() -> Self {
+        Self {
+            bind_ips: vec![IpAddr::V4(Ipv4Addr::LOCALHOST)],
+            ice_servers: Vec::new(),
+        }
+    }
+
+    /// Binds every IPv4 interface and loopback.
+    pub fn all_interfaces() -> Self {
+        Self {
+            bind_ips: vec![
+                IpAddr::V4(Ipv4Addr::UNSPECIFIED),
+                IpAddr::V4(Ipv4Addr::LOCALHOST),
+            ],
+            ice_servers: Vec::new(),
+        }
+    }
+}
+
+impl Default for RtcConfig {
+    fn default() -> Self {
+        Self::all_interfaces()
+    }
+}
+
+impl PeerConnection {
+    /// Builds a peer connection whose events arrive on `events`, each tagged with `tag`.
+    ///
+    /// # Errors
+    ///
+    /// [`RtcError::Webrtc`] when the sockets cannot be bound or the configuration is invalid.
+    pub async fn new<T>(
+        config: &RtcConfig,
+        tag: T,
+        events: mpsc::Sender<(T, RtcEvent)>,
+    ) -> Result<Self, RtcError>
+    where
+        T: Clone + Send + Sync + 'static,
+    {
+        let configuration = RTCConfigurationBuilder::new()
+            .with_ice_servers(
+                config
+                    .ice_servers
+                    .iter()
+                    .map(|url| RTCIceServer {
+                        urls: vec![url.clone()],
+                        ..Default::default()
+                    })
+                    .collect(),
+            )
+            .build();
+        let settings = SettingEngineBuilder::new()
+            .with_include_loopback_candidate(true)
+            .build();
+        let bind: Vec<SocketAddr> = config
+            .bind_ips
+            .iter()
+            .map(|ip| SocketAddr::new(*ip, 0))
+            .collect();
+        let pc = PeerConnectionBuilder::new()
+            .with_configuration(configuration)
+            .with_setting_engine(settings)
+            .with_handler(Arc::new(Handler {
+                tag: tag.clone(),
+                events: events.clone(),
+            }))
+            .with_udp_addrs(bind)
+            .with_data_channel_send_buffer_limit(DEFAULT_SEND_BUFFER_LIMIT)
+            .build()
+            .await
+            .map_err(webrtc_error)?;
+        Ok(Self {
+            inner: Arc::new(pc),
+            watch: Box::new(move |channel| {
+                tokio::spawn(pump_channel(channel, tag.clone(), events.clone()));
+            }),
+        })
+    }
+
+    /// Offerer: creates the data channel and the offer, sets it as local description and
+    /// returns its SDP. Candidates follow as [`RtcEvent::LocalCandidate`].
+    ///
+    /// # Errors
+    ///
+    /// [`RtcError`] when webrtc-rs refuses a step.
+    pub async fn create_offer(&self) -> Result<String, RtcError> {
+        let channel = self
+            .inner
+            .create_data_channel(CHANNEL_LABEL, None)
+            .await
+            .map_err(webrtc_error)?;
+        (self.watch)(channel);
+        let offer = self.inner.create_offer(None).await.map_err(webrtc_error)?;
+        self.inner
+            .set_local_description(offer)
+            .await
+            .map_err(webrtc_error)?;
+        self.local_sdp().await
+    }
+
+    /// Answerer: sets the offer `sdp` as remote description, creates the answer, sets it as
+    /// local description and returns its SDP.
+    ///
+    /// # Errors
+    ///
+    /// [`RtcError`] when the offer is not valid SDP or webrtc-rs refuses a step.
+    pub async fn accept_offer(&self, sdp: String) -> Result<String, RtcError> {
+        let offer = RTCSessionDescription::offer(sdp).map_err(webrtc_error)?;
+        self.inner
+            .set_remote_description(offer)
+            .await
+            .map_err(webrtc_error)?;
+        let answer = self.inner.create_answer(None).await.map_err(webrtc_error)?;
+        self.inner
+            .set_local_description(answer)
+            .await
+            .map_err(webrtc_error)?;
+        self.local_sdp().await
+    }
+
+    /// Offerer: sets the answer `sdp` as remote description.
+    ///
+    /// # Errors
+    ///
+    /// [`RtcError`] when the answer is not valid SDP or does not match the offer.
+    pub async fn apply_answer(&self, sdp: String) -> Result<(), RtcError> {
+        let answer = RTCSessionDescription::answer(sdp).map_err(webrtc_error)?;
+        self.inner
+            .set_remote_description(answer)
+            .await
+            .map_err(webrtc_error)
+    }
+
+    /// Adds a remote candidate (`candidate:...` form). Call only after the remote description
+    /// is set.
+    ///
+    /// # Errors
+    ///
+    /// [`RtcError`] when the candidate does not parse.
+    pub async fn add_candidate(&self, candidate: String) -> Result<(), RtcError> {
+        self.inner
+            .add_ice_candidate(RTCIceCandidateInit {
+                candidate,
+                sdp_mline_index: Some(0),
+                ..Default::default()
+            })
+            .await
+            .map_err(webrtc_error)
+    }
+
+    /// Closes the connection and its channel.
+    pub async fn close(&self) {
+        if let Err(error) = self.inner.close().await {
+            tracing::debug!(%error, "closing peer connection");
+        }
+    }
+
+    async fn local_sdp(&self) -> Result<String, RtcError> {
+        self.inner
+            .local_description()
+            .await
+            .map(|d| d.sdp)
+            .ok_or(RtcError::NoLocalDescription)
+    }
+}
+
+impl fmt::Debug for PeerConnection {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("PeerConnection").finish_non_exhaustive()
+    }
+}
+
+impl Channel {
+    /// Sends one binary message; waits while more than [`DEFAULT_SEND_BUFFER_LIMIT`] bytes
+    /// are unacknowledged.
+    ///
+    /// # Errors
+    ///
+    /// [`RtcError::MessageTooLarge`] over [`MAX_MESSAGE_SIZE`]; [`RtcError::Webrtc`] when the
+    /// channel is closed.
+    pub async fn send(&self, data: &[u8]) -> Result<(), RtcError> {
+        if data.len() > MAX_MESSAGE_SIZE {
+            return Err(RtcError::MessageTooLarge { size: data.len() });
+        }
+        self.inner
+            .send(BytesMut::from(data))
+            .await
+            .map_err(webrtc_error)
+    }
+
+    /// Closes the channel.
+    pub async fn close(&self) {
+        if let Err(error) = self.inner.close().await {
+            tracing::debug!(%error, "closing data channel");
+        }
+    }
+}
+
+impl fmt::Debug for Channel {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Channel").finish_non_exhaustive()
+    }
+}
+
+impl<T: Clone + Send + Sync + 'static> Handler<T> {
+    async fn emit(&self, event: RtcEvent) {
+        // The receiver is gone only when the room shut down; nothing is waiting for events.
+        let _ = self.events.send((self.tag.clone(), event)).await;
+    }
+}
+
+#[async_trait::async_trait]
+impl<T: Clone + Send + Sync + 'static> PeerConnectionEventHandler for Handler<T> {
+    async fn on_ice_candidate(&self, event: RTCPeerConnectionIceEvent) {
+        match event.candidate.to_json() {
+            Ok(init) => self.emit(RtcEvent::LocalCandidate(init.candidate)).await,
+            Err(error) => tracing::debug!(%error, "local candidate cannot be signaled"),
+        }
+    }
+
+    async fn on_ice_gathering_state_change(&self, state: RTCIceGatheringState) {
+        if state == RTCIceGatheringState::Complete {
+            self.emit(RtcEvent::GatheringComplete).await;
+        }
+    }
+
+    async fn on_connection_state_change(&self, state: RTCPeerConnectionState) {
+        tracing::debug!(%state, "peer connection state");
+        if matches!(
+            state,
+            RTCPeerConnectionState::Failed | RTCPeerConnectionState::Closed
+        ) {
+            self.emit(RtcEvent::Failed(format!("peer connection {state}")))
+                .await;
+        }
+    }
+
+    async fn on_data_channel(&self, channel: Arc<dyn DataChannel>) {
+        tokio::spawn(pump_channel(channel, self.tag.clone(), self.events.clone()));
+    }
+}
+
+/// Forwards one data channel's events until it closes.
+async fn pump_channel<T: Clone + Send + 'static>(
+    channel: Arc<dyn DataChannel>,
+    tag: T,
+    events: mpsc::Sender<(T, RtcEvent)>,
+) {
+    while let Some(event) = channel.poll().await {
+        let event = match event {
+            DataChannelEvent::OnOpen => RtcEvent::ChannelOpen(Channel {
+                inner: channel.clone(),
+            }),
+            DataChannelEvent::OnMessage(message) => RtcEvent::Message(message.data.to_vec()),
+            DataChannelEvent::OnClose => RtcEvent::ChannelClosed,
+            _ => continue,
+        };
+        let closed = matches!(event, RtcEvent::ChannelClosed);
+        if events.send((tag.clone(), event)).await.is_err() || closed {
+            return;
+        }
+    }
+    let _ = events.send((tag, RtcEvent::ChannelClosed)).await;
+}
+
+fn webrtc_error(error: impl fmt::Display) -> RtcError {
+    RtcError::Webrtc(error.to_string())
+}
