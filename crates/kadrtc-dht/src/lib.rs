@@ -1,1 +1,347 @@
-//! placeholder
+//! kadrtc's libp2p layer: one task owns a `Swarm` running Kademlia (`/kadrtc/kad/1.0.0`),
+//! gossipsub, identify and ping over TCP + noise + yamux; everything else talks to it through
+//! a cheap, cloneable [`DhtHandle`].
+//!
+//! Words (DESIGN.md): room members are Kademlia **providers** of the room's presence key; each
+//! sender's signaling state is a **record** under a mailbox key; the room's **topic** carries
+//! the same envelopes fast. Every node validates what it is asked to store or forward: a
+//! mailbox record must be a signed, unexpired [`kadrtc_proto::Envelope`] stored under the key
+//! its room, sender and recipient derive; a room topic message must be a signed, unexpired
+//! envelope of that room. Anything else is refused with a log line (and, for gossipsub, a
+//! `Reject` that peer scoring counts against the sender).
+//!
+//! ```no_run
+//! # async fn run() -> Result<(), kadrtc_dht::DhtError> {
+//! use kadrtc_dht::{DhtConfig, DhtHandle};
+//! let config = DhtConfig::new(libp2p::identity::Keypair::generate_ed25519())
+//!     .with_listen("/ip4/127.0.0.1/tcp/0".parse().unwrap());
+//! let dht = DhtHandle::spawn(config).await?;
+//! println!("listening on {:?}", dht.listen_addrs());
+//! dht.put_record(b"/kadrtc/mailbox/...".to_vec(), b"signed envelope".to_vec()).await?;
+//! # Ok(())
+//! # }
+//! ```
+
+#![deny(missing_docs)]
+#![cfg_attr(not(test), deny(clippy::unwrap_used))]
+
+mod event_loop;
+
+use std::num::NonZeroUsize;
+use std::time::Duration;
+
+use libp2p::{identity::Keypair, Multiaddr, PeerId};
+use thiserror::Error;
+use tokio::sync::{mpsc, oneshot};
+
+pub use event_loop::validate_mailbox_record;
+
+/// Kademlia protocol name: a network of its own, not the IPFS DHT (DESIGN.md, "protocols").
+pub const KAD_PROTOCOL: &str = "/kadrtc/kad/1.0.0";
+/// Identify protocol version string.
+pub const IDENTIFY_PROTOCOL: &str = "/kadrtc/id/1.0.0";
+/// Kademlia replication factor (k); 20 is the Kademlia paper's and libp2p's default.
+pub const DEFAULT_REPLICATION_FACTOR: usize = 20;
+/// How long [`Dht::spawn`] waits for a bootstrap peer to answer before giving up.
+pub const DEFAULT_BOOTSTRAP_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long one Kademlia query may run.
+pub const DEFAULT_QUERY_TIMEOUT: Duration = Duration::from_secs(10);
+/// Capacity of the command channel from handles to the event loop.
+pub const COMMAND_CHANNEL_CAPACITY: usize = 256;
+/// Capacity of each topic subscription's message channel; messages beyond it are dropped
+/// (the mailbox records still hold the state).
+pub const TOPIC_CHANNEL_CAPACITY: usize = 256;
+/// Largest gossipsub message, in bytes; envelopes are far smaller.
+pub const MAX_TOPIC_MESSAGE_SIZE: usize = 16 * 1024;
+/// Most records a single [`DhtHandle::get_record`] returns.
+pub const MAX_RECORDS_PER_GET: usize = 16;
+/// Most providers a single [`DhtHandle::get_providers`] returns.
+pub const MAX_PROVIDERS_PER_GET: usize = 64;
+/// How long a connection with no open stream is kept.
+pub const IDLE_CONNECTION_TIMEOUT: Duration = Duration::from_secs(120);
+
+/// How to start a [`Dht`].
+#[derive(Debug, Clone)]
+pub struct DhtConfig {
+    /// The node's identity; its `PeerId` names it on the network.
+    pub keypair: Keypair,
+    /// Addresses to listen on (TCP). Empty means `/ip4/0.0.0.0/tcp/0`.
+    pub listen: Vec<Multiaddr>,
+    /// Peers to join through, each a full multiaddr ending in `/p2p/<PeerId>`.
+    pub bootstrap: Vec<Multiaddr>,
+    /// See [`DEFAULT_REPLICATION_FACTOR`].
+    pub replication_factor: NonZeroUsize,
+    /// See [`DEFAULT_BOOTSTRAP_TIMEOUT`].
+    pub bootstrap_timeout: Duration,
+    /// See [`DEFAULT_QUERY_TIMEOUT`].
+    pub query_timeout: Duration,
+}
+
+/// A cheap, cloneable handle to the event loop that owns the swarm of a running DHT node.
+/// Dropping every handle stops the event loop.
+#[derive(Debug, Clone)]
+pub struct DhtHandle {
+    peer_id: PeerId,
+    listen_addrs: Vec<Multiaddr>,
+    commands: mpsc::Sender<Command>,
+}
+
+/// A message received on a subscribed topic, already validated.
+#[derive(Debug, Clone)]
+pub struct TopicMessage {
+    /// The topic it arrived on.
+    pub topic: String,
+    /// The peer that published it (gossipsub signed author).
+    pub source: Option<PeerId>,
+    /// The payload (a signed envelope).
+    pub data: Vec<u8>,
+}
+
+/// Why a DHT operation failed.
+#[derive(Debug, Error)]
+#[non_exhaustive]
+pub enum DhtError {
+    /// The transport could not be built.
+    #[error("building the libp2p transport failed: {0}")]
+    Transport(String),
+    /// Listening on an address failed.
+    #[error("cannot listen on {addr}: {reason}")]
+    Listen {
+        /// The address.
+        addr: Multiaddr,
+        /// What went wrong.
+        reason: String,
+    },
+    /// A bootstrap address does not end in `/p2p/<PeerId>`.
+    #[error("bootstrap address {0} does not end in /p2p/<PeerId>")]
+    BootstrapWithoutPeerId(Multiaddr),
+    /// No bootstrap peer could be reached.
+    #[error("no bootstrap peer answered within {timeout:?} ({details}); check that the addresses are right and the nodes are running")]
+    BootstrapUnreachable {
+        /// How long we waited.
+        timeout: Duration,
+        /// What each dial attempt said.
+        details: String,
+    },
+    /// The record or provider store refused the operation.
+    #[error("local store: {0}")]
+    Store(String),
+    /// A Kademlia query failed.
+    #[error("query failed: {0}")]
+    Query(String),
+    /// Publishing on a topic failed (for instance no peer subscribed yet).
+    #[error("publish failed: {0}")]
+    Publish(String),
+    /// Subscribing to a topic failed.
+    #[error("subscribe failed: {0}")]
+    Subscribe(String),
+    /// The event loop has stopped.
+    #[error("the DHT node has stopped")]
+    Stopped,
+}
+
+enum Command {
+    StartProviding {
+        key: Vec<u8>,
+        reply: oneshot::Sender<Result<(), DhtError>>,
+    },
+    StopProviding {
+        key: Vec<u8>,
+    },
+    GetProviders {
+        key: Vec<u8>,
+        reply: oneshot::Sender<Result<Vec<PeerId>, DhtError>>,
+    },
+    PutRecord {
+        key: Vec<u8>,
+        value: Vec<u8>,
+        reply: oneshot::Sender<Result<(), DhtError>>,
+    },
+    GetRecord {
+        key: Vec<u8>,
+        reply: oneshot::Sender<Result<Vec<Vec<u8>>, DhtError>>,
+    },
+    Subscribe {
+        topic: String,
+        sender: mpsc::Sender<TopicMessage>,
+        reply: oneshot::Sender<Result<(), DhtError>>,
+    },
+    Unsubscribe {
+        topic: String,
+    },
+    Publish {
+        topic: String,
+        data: Vec<u8>,
+        reply: oneshot::Sender<Result<(), DhtError>>,
+    },
+    ConnectedPeers {
+        reply: oneshot::Sender<Vec<PeerId>>,
+    },
+}
+
+impl DhtConfig {
+    /// A configuration with the given identity and every other field at its default.
+    pub fn new(keypair: Keypair) -> Self {
+        Self {
+            keypair,
+            listen: Vec::new(),
+            bootstrap: Vec::new(),
+            replication_factor: NonZeroUsize::new(DEFAULT_REPLICATION_FACTOR)
+                .unwrap_or(NonZeroUsize::MIN),
+            bootstrap_timeout: DEFAULT_BOOTSTRAP_TIMEOUT,
+            query_timeout: DEFAULT_QUERY_TIMEOUT,
+        }
+    }
+
+    /// Adds a listen address.
+    pub fn with_listen(mut self, addr: Multiaddr) -> Self {
+        self.listen.push(addr);
+        self
+    }
+
+    /// Adds a bootstrap peer (a multiaddr ending in `/p2p/<PeerId>`).
+    pub fn with_bootstrap(mut self, addr: Multiaddr) -> Self {
+        self.bootstrap.push(addr);
+        self
+    }
+
+    /// Sets the Kademlia replication factor.
+    pub fn with_replication_factor(mut self, k: NonZeroUsize) -> Self {
+        self.replication_factor = k;
+        self
+    }
+}
+
+impl DhtHandle {
+    /// Builds the swarm, starts listening, joins through the bootstrap peers (at least one
+    /// must answer) and spawns the event loop on the current tokio runtime.
+    ///
+    /// # Errors
+    ///
+    /// [`DhtError::Listen`] when an address cannot be bound,
+    /// [`DhtError::BootstrapWithoutPeerId`] for a bootstrap address without `/p2p/`,
+    /// [`DhtError::BootstrapUnreachable`] when no bootstrap peer answers in time.
+    pub async fn spawn(config: DhtConfig) -> Result<Self, DhtError> {
+        let peer_id = config.keypair.public().to_peer_id();
+        let (commands, receiver) = mpsc::channel(COMMAND_CHANNEL_CAPACITY);
+        let listen_addrs = event_loop::start(config, receiver).await?;
+        Ok(Self {
+            peer_id,
+            listen_addrs,
+            commands,
+        })
+    }
+
+    /// This node's `PeerId`.
+    pub fn peer_id(&self) -> PeerId {
+        self.peer_id
+    }
+
+    /// The addresses this node listens on, each ending in `/p2p/<PeerId>`.
+    pub fn listen_addrs(&self) -> Vec<Multiaddr> {
+        self.listen_addrs.clone()
+    }
+
+    /// Announces this node as a provider of `key` and waits for the announcement to reach the
+    /// closest peers.
+    ///
+    /// # Errors
+    ///
+    /// [`DhtError::Store`] or [`DhtError::Query`].
+    pub async fn start_providing(&self, key: Vec<u8>) -> Result<(), DhtError> {
+        self.request(|reply| Command::StartProviding { key, reply })
+            .await?
+    }
+
+    /// Stops announcing this node as a provider of `key` (locally; remote provider records
+    /// expire with their TTL).
+    pub async fn stop_providing(&self, key: Vec<u8>) {
+        let _ = self.commands.send(Command::StopProviding { key }).await;
+    }
+
+    /// Finds providers of `key` (at most [`MAX_PROVIDERS_PER_GET`], this node excluded) and
+    /// dials those not yet connected.
+    ///
+    /// # Errors
+    ///
+    /// [`DhtError::Query`] when the query fails outright.
+    pub async fn get_providers(&self, key: Vec<u8>) -> Result<Vec<PeerId>, DhtError> {
+        self.request(|reply| Command::GetProviders { key, reply })
+            .await?
+    }
+
+    /// Stores a record locally and at the closest peers (quorum one).
+    ///
+    /// # Errors
+    ///
+    /// [`DhtError::Store`] when the local store refuses it, [`DhtError::Query`] when no remote
+    /// peer stored it.
+    pub async fn put_record(&self, key: Vec<u8>, value: Vec<u8>) -> Result<(), DhtError> {
+        self.request(|reply| Command::PutRecord { key, value, reply })
+            .await?
+    }
+
+    /// Fetches every value stored under `key` that the query finds (at most
+    /// [`MAX_RECORDS_PER_GET`]); an empty list when there is none.
+    ///
+    /// # Errors
+    ///
+    /// [`DhtError::Query`] when the query fails for another reason than "not found".
+    pub async fn get_record(&self, key: Vec<u8>) -> Result<Vec<Vec<u8>>, DhtError> {
+        self.request(|reply| Command::GetRecord { key, reply })
+            .await?
+    }
+
+    /// Subscribes to `topic`; validated messages arrive on the returned receiver (bounded by
+    /// [`TOPIC_CHANNEL_CAPACITY`]).
+    ///
+    /// # Errors
+    ///
+    /// [`DhtError::Subscribe`].
+    pub async fn subscribe(&self, topic: String) -> Result<mpsc::Receiver<TopicMessage>, DhtError> {
+        let (sender, receiver) = mpsc::channel(TOPIC_CHANNEL_CAPACITY);
+        self.request(|reply| Command::Subscribe {
+            topic,
+            sender,
+            reply,
+        })
+        .await??;
+        Ok(receiver)
+    }
+
+    /// Leaves `topic`.
+    pub async fn unsubscribe(&self, topic: String) {
+        let _ = self.commands.send(Command::Unsubscribe { topic }).await;
+    }
+
+    /// Publishes `data` on `topic`.
+    ///
+    /// # Errors
+    ///
+    /// [`DhtError::Publish`], for instance when no peer is subscribed yet.
+    pub async fn publish(&self, topic: String, data: Vec<u8>) -> Result<(), DhtError> {
+        self.request(|reply| Command::Publish { topic, data, reply })
+            .await?
+    }
+
+    /// The peers this node has a connection to.
+    ///
+    /// # Errors
+    ///
+    /// [`DhtError::Stopped`].
+    pub async fn connected_peers(&self) -> Result<Vec<PeerId>, DhtError> {
+        self.request(|reply| Command::ConnectedPeers { reply }).await
+    }
+
+    async fn request<T>(
+        &self,
+        command: impl FnOnce(oneshot::Sender<T>) -> Command,
+    ) -> Result<T, DhtError> {
+        let (reply, response) = oneshot::channel();
+        self.commands
+            .send(command(reply))
+            .await
+            .map_err(|_| DhtError::Stopped)?;
+        response.await.map_err(|_| DhtError::Stopped)
+    }
+}

@@ -1,0 +1,509 @@
+//! The task that owns the `Swarm`: builds it, bootstraps, then serves commands and swarm
+//! events until every handle is dropped.
+
+use std::collections::{HashMap, HashSet};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use futures::StreamExt;
+use kadrtc_proto::{Envelope, EnvelopeError, MAILBOX_KEY_PREFIX, MAX_ENVELOPE_SIZE};
+use libp2p::{
+    gossipsub, identify,
+    kad::{self, store::MemoryStore, store::RecordStore as _},
+    multiaddr::Protocol,
+    noise, ping,
+    swarm::{NetworkBehaviour, SwarmEvent},
+    tcp, yamux, Multiaddr, PeerId, StreamProtocol, Swarm,
+};
+use tokio::sync::{mpsc, oneshot};
+
+use crate::{
+    Command, DhtConfig, DhtError, TopicMessage, IDENTIFY_PROTOCOL, IDLE_CONNECTION_TIMEOUT,
+    KAD_PROTOCOL, MAX_PROVIDERS_PER_GET, MAX_RECORDS_PER_GET, MAX_TOPIC_MESSAGE_SIZE,
+};
+
+/// Most records one node stores for others.
+const MAX_STORED_RECORDS: usize = 4096;
+/// Most keys this node itself provides.
+const MAX_PROVIDED_KEYS: usize = 1024;
+/// Prefix of every room topic (`kadrtc/room/<hex room id>`).
+const ROOM_TOPIC_PREFIX: &str = "kadrtc/room/";
+
+#[derive(NetworkBehaviour)]
+struct Behaviour {
+    kad: kad::Behaviour<MemoryStore>,
+    gossipsub: gossipsub::Behaviour,
+    identify: identify::Behaviour,
+    ping: ping::Behaviour,
+}
+
+struct EventLoop {
+    swarm: Swarm<Behaviour>,
+    commands: mpsc::Receiver<Command>,
+    pending_put: HashMap<kad::QueryId, oneshot::Sender<Result<(), DhtError>>>,
+    pending_providing: HashMap<kad::QueryId, oneshot::Sender<Result<(), DhtError>>>,
+    pending_providers: HashMap<kad::QueryId, (HashSet<PeerId>, oneshot::Sender<Result<Vec<PeerId>, DhtError>>)>,
+    pending_get: HashMap<kad::QueryId, (Vec<Vec<u8>>, oneshot::Sender<Result<Vec<Vec<u8>>, DhtError>>)>,
+    topics: HashMap<gossipsub::TopicHash, (String, mpsc::Sender<TopicMessage>)>,
+}
+
+/// Builds the swarm, listens, bootstraps and spawns the loop. Returns the full listen
+/// addresses.
+pub(crate) async fn start(
+    config: DhtConfig,
+    commands: mpsc::Receiver<Command>,
+) -> Result<Vec<Multiaddr>, DhtError> {
+    let mut swarm = build_swarm(&config)?;
+    let local = *swarm.local_peer_id();
+
+    let listen = if config.listen.is_empty() {
+        vec!["/ip4/0.0.0.0/tcp/0"
+            .parse::<Multiaddr>()
+            .map_err(|e| DhtError::Transport(e.to_string()))?]
+    } else {
+        config.listen.clone()
+    };
+    let mut listeners = HashSet::new();
+    for addr in &listen {
+        let id = swarm.listen_on(addr.clone()).map_err(|e| DhtError::Listen {
+            addr: addr.clone(),
+            reason: e.to_string(),
+        })?;
+        listeners.insert(id);
+    }
+
+    let mut bootstrap_peers = HashSet::new();
+    for addr in &config.bootstrap {
+        let Some(Protocol::P2p(peer)) = addr.iter().last() else {
+            return Err(DhtError::BootstrapWithoutPeerId(addr.clone()));
+        };
+        let transport_addr: Multiaddr = addr
+            .iter()
+            .filter(|p| !matches!(p, Protocol::P2p(_)))
+            .collect();
+        swarm.behaviour_mut().kad.add_address(&peer, transport_addr);
+        bootstrap_peers.insert(peer);
+        if let Err(error) = swarm.dial(addr.clone()) {
+            tracing::warn!(%addr, %error, "cannot dial bootstrap peer");
+        }
+    }
+
+    // Wait until every listener has an address and, when bootstrapping, one bootstrap peer
+    // is connected.
+    let mut addrs = Vec::new();
+    let mut dial_errors = Vec::new();
+    let mut connected = bootstrap_peers.is_empty();
+    let mut failed_peers = HashSet::new();
+    let deadline = tokio::time::sleep(config.bootstrap_timeout);
+    tokio::pin!(deadline);
+    while !listeners.is_empty() || !connected {
+        tokio::select! {
+            event = swarm.select_next_some() => match event {
+                SwarmEvent::NewListenAddr { listener_id, address } => {
+                    listeners.remove(&listener_id);
+                    addrs.push(address.with_p2p(local).unwrap_or_else(|a| a));
+                }
+                SwarmEvent::ListenerClosed { listener_id, reason, addresses } if listeners.contains(&listener_id) => {
+                    return Err(DhtError::Listen {
+                        addr: addresses.first().cloned().unwrap_or_else(Multiaddr::empty),
+                        reason: format!("{reason:?}"),
+                    });
+                }
+                SwarmEvent::ConnectionEstablished { peer_id, .. } if bootstrap_peers.contains(&peer_id) => {
+                    connected = true;
+                }
+                SwarmEvent::OutgoingConnectionError { peer_id: Some(peer), error, .. } if bootstrap_peers.contains(&peer) => {
+                    dial_errors.push(format!("{peer}: {error}"));
+                    failed_peers.insert(peer);
+                    if failed_peers.len() == bootstrap_peers.len() && !connected {
+                        return Err(DhtError::BootstrapUnreachable {
+                            timeout: config.bootstrap_timeout,
+                            details: dial_errors.join("; "),
+                        });
+                    }
+                }
+                _ => {}
+            },
+            _ = &mut deadline => {
+                if !connected {
+                    return Err(DhtError::BootstrapUnreachable {
+                        timeout: config.bootstrap_timeout,
+                        details: if dial_errors.is_empty() { "no answer".into() } else { dial_errors.join("; ") },
+                    });
+                }
+                return Err(DhtError::Listen {
+                    addr: listen.first().cloned().unwrap_or_else(Multiaddr::empty),
+                    reason: "no listen address reported in time".into(),
+                });
+            }
+        }
+    }
+    if !bootstrap_peers.is_empty() {
+        if let Err(error) = swarm.behaviour_mut().kad.bootstrap() {
+            tracing::debug!(%error, "kademlia bootstrap");
+        }
+    }
+
+    let event_loop = EventLoop {
+        swarm,
+        commands,
+        pending_put: HashMap::new(),
+        pending_providing: HashMap::new(),
+        pending_providers: HashMap::new(),
+        pending_get: HashMap::new(),
+        topics: HashMap::new(),
+    };
+    tokio::spawn(event_loop.run());
+    Ok(addrs)
+}
+
+/// Checks a mailbox record the way every storing node does: the key has the mailbox
+/// namespace, the value is a valid signed envelope (size, signature, times, limits, see
+/// [`Envelope::decode`]) and the key is the one its room, sender and recipient derive.
+/// `now` is milliseconds since the Unix epoch.
+///
+/// # Errors
+///
+/// [`EnvelopeError::WrongMailbox`] for a key outside the namespace, otherwise the error of the
+/// failed check.
+pub fn validate_mailbox_record(key: &[u8], value: &[u8], now: u64) -> Result<Envelope, EnvelopeError> {
+    if !key.starts_with(MAILBOX_KEY_PREFIX) {
+        return Err(EnvelopeError::WrongMailbox);
+    }
+    let envelope = Envelope::decode(value, now)?;
+    envelope.check_mailbox_key(key)?;
+    Ok(envelope)
+}
+
+fn build_swarm(config: &DhtConfig) -> Result<Swarm<Behaviour>, DhtError> {
+    let kad_protocol = StreamProtocol::new(KAD_PROTOCOL);
+    let replication_factor = config.replication_factor;
+    let query_timeout = config.query_timeout;
+    let swarm = libp2p::SwarmBuilder::with_existing_identity(config.keypair.clone())
+        .with_tokio()
+        .with_tcp(
+            tcp::Config::default().nodelay(true),
+            noise::Config::new,
+            yamux::Config::default,
+        )
+        .map_err(|e| DhtError::Transport(e.to_string()))?
+        .with_behaviour(|key| {
+            let local = key.public().to_peer_id();
+            let mut kad_config = kad::Config::new(kad_protocol);
+            kad_config
+                .set_replication_factor(replication_factor)
+                .set_query_timeout(query_timeout)
+                .set_record_filtering(kad::StoreInserts::FilterBoth);
+            let store = MemoryStore::with_config(
+                local,
+                kad::store::MemoryStoreConfig {
+                    max_records: MAX_STORED_RECORDS,
+                    max_value_bytes: MAX_ENVELOPE_SIZE,
+                    max_provided_keys: MAX_PROVIDED_KEYS,
+                    max_providers_per_key: kad::K_VALUE.get(),
+                },
+            );
+            let mut kad = kad::Behaviour::with_config(local, store, kad_config);
+            // On loopback and private networks AutoNAT never confirms an external address,
+            // so the server mode must be set explicitly (DESIGN.md facts).
+            kad.set_mode(Some(kad::Mode::Server));
+
+            let gossipsub_config = gossipsub::ConfigBuilder::default()
+                .validation_mode(gossipsub::ValidationMode::Strict)
+                .validate_messages()
+                .max_transmit_size(MAX_TOPIC_MESSAGE_SIZE)
+                .heartbeat_interval(Duration::from_millis(500))
+                .build()
+                .map_err(|e| e.to_string())?;
+            let gossipsub = gossipsub::Behaviour::new(
+                gossipsub::MessageAuthenticity::Signed(key.clone()),
+                gossipsub_config,
+            )?;
+            let identify = identify::Behaviour::new(
+                identify::Config::new(IDENTIFY_PROTOCOL.to_string(), key.public())
+                    .with_agent_version(format!("kadrtc/{}", env!("CARGO_PKG_VERSION"))),
+            );
+            Ok(Behaviour {
+                kad,
+                gossipsub,
+                identify,
+                ping: ping::Behaviour::default(),
+            })
+        })
+        .map_err(|e| DhtError::Transport(e.to_string()))?
+        .with_swarm_config(|c| c.with_idle_connection_timeout(IDLE_CONNECTION_TIMEOUT))
+        .build();
+    Ok(swarm)
+}
+
+impl EventLoop {
+    async fn run(mut self) {
+        loop {
+            tokio::select! {
+                event = self.swarm.select_next_some() => self.handle_swarm_event(event),
+                command = self.commands.recv() => match command {
+                    Some(command) => self.handle_command(command),
+                    None => return,
+                },
+            }
+        }
+    }
+
+    fn handle_command(&mut self, command: Command) {
+        let behaviour = self.swarm.behaviour_mut();
+        match command {
+            Command::StartProviding { key, reply } => {
+                match behaviour.kad.start_providing(kad::RecordKey::new(&key)) {
+                    Ok(id) => {
+                        self.pending_providing.insert(id, reply);
+                    }
+                    Err(e) => {
+                        let _ = reply.send(Err(DhtError::Store(e.to_string())));
+                    }
+                }
+            }
+            Command::StopProviding { key } => behaviour.kad.stop_providing(&kad::RecordKey::new(&key)),
+            Command::GetProviders { key, reply } => {
+                let id = behaviour.kad.get_providers(kad::RecordKey::new(&key));
+                self.pending_providers.insert(id, (HashSet::new(), reply));
+            }
+            Command::PutRecord { key, value, reply } => {
+                let record = kad::Record::new(key, value);
+                match behaviour.kad.put_record(record, kad::Quorum::One) {
+                    Ok(id) => {
+                        self.pending_put.insert(id, reply);
+                    }
+                    Err(e) => {
+                        let _ = reply.send(Err(DhtError::Store(e.to_string())));
+                    }
+                }
+            }
+            Command::GetRecord { key, reply } => {
+                let id = behaviour.kad.get_record(kad::RecordKey::new(&key));
+                self.pending_get.insert(id, (Vec::new(), reply));
+            }
+            Command::Subscribe { topic, sender, reply } => {
+                let ident = gossipsub::IdentTopic::new(topic.clone());
+                let result = behaviour
+                    .gossipsub
+                    .subscribe(&ident)
+                    .map(|_| ())
+                    .map_err(|e| DhtError::Subscribe(e.to_string()));
+                if result.is_ok() {
+                    self.topics.insert(ident.hash(), (topic, sender));
+                }
+                let _ = reply.send(result);
+            }
+            Command::Unsubscribe { topic } => {
+                let ident = gossipsub::IdentTopic::new(topic);
+                behaviour.gossipsub.unsubscribe(&ident);
+                self.topics.remove(&ident.hash());
+            }
+            Command::Publish { topic, data, reply } => {
+                let result = behaviour
+                    .gossipsub
+                    .publish(gossipsub::IdentTopic::new(topic), data)
+                    .map(|_| ())
+                    .map_err(|e| DhtError::Publish(e.to_string()));
+                let _ = reply.send(result);
+            }
+            Command::ConnectedPeers { reply } => {
+                let _ = reply.send(self.swarm.connected_peers().copied().collect());
+            }
+        }
+    }
+
+    fn handle_swarm_event(&mut self, event: SwarmEvent<BehaviourEvent>) {
+        match event {
+            SwarmEvent::Behaviour(BehaviourEvent::Kad(event)) => self.handle_kad_event(event),
+            SwarmEvent::Behaviour(BehaviourEvent::Gossipsub(event)) => {
+                self.handle_gossipsub_event(event)
+            }
+            SwarmEvent::Behaviour(BehaviourEvent::Identify(identify::Event::Received {
+                peer_id,
+                info,
+                ..
+            })) => {
+                // Only peers that speak our Kademlia protocol belong in the routing table.
+                if info.protocols.iter().any(|p| p.as_ref() == KAD_PROTOCOL) {
+                    for addr in info.listen_addrs {
+                        self.swarm.behaviour_mut().kad.add_address(&peer_id, addr);
+                    }
+                }
+            }
+            SwarmEvent::NewListenAddr { address, .. } => {
+                tracing::debug!(%address, "listening");
+            }
+            SwarmEvent::ConnectionEstablished { peer_id, endpoint, .. } => {
+                tracing::debug!(%peer_id, addr = %endpoint.get_remote_address(), "connected");
+            }
+            SwarmEvent::ConnectionClosed { peer_id, cause, .. } => {
+                tracing::debug!(%peer_id, ?cause, "connection closed");
+            }
+            _ => {}
+        }
+    }
+
+    fn handle_kad_event(&mut self, event: kad::Event) {
+        match event {
+            kad::Event::InboundRequest { request } => self.handle_inbound(request),
+            kad::Event::OutboundQueryProgressed { id, result, step, .. } => match result {
+                kad::QueryResult::PutRecord(result) => {
+                    if let Some(reply) = self.pending_put.remove(&id) {
+                        let _ = reply.send(result.map(|_| ()).map_err(|e| DhtError::Query(e.to_string())));
+                    }
+                }
+                kad::QueryResult::StartProviding(result) => {
+                    if let Some(reply) = self.pending_providing.remove(&id) {
+                        let _ = reply.send(result.map(|_| ()).map_err(|e| DhtError::Query(e.to_string())));
+                    }
+                }
+                kad::QueryResult::GetProviders(result) => {
+                    let local = *self.swarm.local_peer_id();
+                    if let Ok(kad::GetProvidersOk::FoundProviders { providers, .. }) = &result {
+                        for peer in providers.iter().filter(|p| **p != local) {
+                            // Dial while the query still knows the provider's addresses, so
+                            // that room members share gossipsub connections.
+                            if !self.swarm.is_connected(peer) {
+                                if let Err(error) = self.swarm.dial(*peer) {
+                                    tracing::debug!(%peer, %error, "cannot dial provider");
+                                }
+                            }
+                        }
+                        if let Some((found, _)) = self.pending_providers.get_mut(&id) {
+                            for peer in providers.iter().filter(|p| **p != local) {
+                                if found.len() < MAX_PROVIDERS_PER_GET {
+                                    found.insert(*peer);
+                                }
+                            }
+                        }
+                    }
+                    if let Err(error) = &result {
+                        tracing::debug!(%error, "get_providers");
+                    }
+                    if step.last || result.is_err() {
+                        // A timed-out query still returns what it found.
+                        if let Some((found, reply)) = self.pending_providers.remove(&id) {
+                            let _ = reply.send(Ok(found.into_iter().collect()));
+                        }
+                    }
+                }
+                kad::QueryResult::GetRecord(result) => {
+                    let finished = step.last;
+                    match result {
+                        Ok(kad::GetRecordOk::FoundRecord(found)) => {
+                            if let Some((values, _)) = self.pending_get.get_mut(&id) {
+                                if values.len() < MAX_RECORDS_PER_GET && !values.contains(&found.record.value) {
+                                    values.push(found.record.value);
+                                }
+                            }
+                        }
+                        Ok(kad::GetRecordOk::FinishedWithNoAdditionalRecord { .. }) => {}
+                        Err(error) => {
+                            tracing::trace!(%error, "get_record");
+                        }
+                    }
+                    if finished {
+                        if let Some((values, reply)) = self.pending_get.remove(&id) {
+                            let _ = reply.send(Ok(values));
+                        }
+                    }
+                }
+                _ => {}
+            },
+            kad::Event::RoutingUpdated { peer, .. } => {
+                tracing::trace!(%peer, "routing table updated");
+            }
+            _ => {}
+        }
+    }
+
+    fn handle_inbound(&mut self, request: kad::InboundRequest) {
+        let store = self.swarm.behaviour_mut().kad.store_mut();
+        match request {
+            kad::InboundRequest::PutRecord { source, record: Some(record), .. } => {
+                match validate_mailbox_record(record.key.as_ref(), &record.value, unix_ms()) {
+                    Ok(envelope) => {
+                        if let Err(error) = store.put(record) {
+                            tracing::warn!(%source, %error, "record not stored");
+                        } else {
+                            tracing::debug!(%source, from = %envelope.from, seq = envelope.seq, "stored mailbox record");
+                        }
+                    }
+                    Err(error) => {
+                        tracing::warn!(%source, %error, "rejected record: {}", error_chain(&error));
+                    }
+                }
+            }
+            kad::InboundRequest::AddProvider { record: Some(record) } => {
+                // A provider record must name its publisher and key a sha2-256 multihash.
+                let key = record.key.as_ref();
+                if key.len() == 34 && key[..2] == [0x12, 0x20] {
+                    if let Err(error) = store.add_provider(record) {
+                        tracing::warn!(%error, "provider record not stored");
+                    }
+                } else {
+                    tracing::warn!(provider = %record.provider, "rejected provider record: key is not a sha2-256 multihash");
+                }
+            }
+            _ => {}
+        }
+    }
+
+    fn handle_gossipsub_event(&mut self, event: gossipsub::Event) {
+        let gossipsub::Event::Message { propagation_source, message_id, message } = event else {
+            return;
+        };
+        let acceptance = match self.topics.get(&message.topic) {
+            Some((topic, sender)) => match validate_topic_message(topic, &message.data) {
+                Ok(()) => {
+                    let delivered = TopicMessage {
+                        topic: topic.clone(),
+                        source: message.source,
+                        data: message.data,
+                    };
+                    if sender.try_send(delivered).is_err() {
+                        tracing::debug!(%topic, "subscriber is slow or gone; message dropped");
+                    }
+                    gossipsub::MessageAcceptance::Accept
+                }
+                Err(error) => {
+                    tracing::warn!(%propagation_source, source = ?message.source, "rejected topic message: {}", error_chain(&error));
+                    gossipsub::MessageAcceptance::Reject
+                }
+            },
+            None => gossipsub::MessageAcceptance::Ignore,
+        };
+        self.swarm
+            .behaviour_mut()
+            .gossipsub
+            .report_message_validation_result(&message_id, &propagation_source, acceptance);
+    }
+}
+
+/// A room topic message must be a valid envelope of that topic's room.
+fn validate_topic_message(topic: &str, data: &[u8]) -> Result<(), EnvelopeError> {
+    let envelope = Envelope::decode(data, unix_ms())?;
+    if topic.starts_with(ROOM_TOPIC_PREFIX) && envelope.room_id.topic() != topic {
+        return Err(EnvelopeError::WrongRoom);
+    }
+    Ok(())
+}
+
+fn error_chain(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
+}
+
+/// Milliseconds since the Unix epoch (0 if the clock is before 1970).
+fn unix_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+        .unwrap_or(0)
+}

@@ -1,0 +1,197 @@
+//! Behaviour tests on real loopback swarms: storing nodes validate mailbox records, providers
+//! are found across nodes, and room topics deliver only valid envelopes.
+
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use kadrtc_dht::{DhtConfig, DhtError, DhtHandle};
+use kadrtc_proto::{Body, Envelope, RoomName, SessionId, Signal, ENVELOPE_VERSION};
+use libp2p::identity::Keypair;
+use libp2p::PeerId;
+use tokio::time::{sleep, timeout, Instant};
+
+fn now_ms() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_millis() as u64
+}
+
+async fn node(bootstrap: Option<&DhtHandle>) -> DhtHandle {
+    let mut config = DhtConfig::new(Keypair::generate_ed25519())
+        .with_listen("/ip4/127.0.0.1/tcp/0".parse().unwrap());
+    if let Some(b) = bootstrap {
+        config = config.with_bootstrap(b.listen_addrs()[0].clone());
+    }
+    DhtHandle::spawn(config).await.unwrap()
+}
+
+fn offer(key: &Keypair, to: PeerId, room: &str) -> Envelope {
+    Envelope {
+        version: ENVELOPE_VERSION,
+        room_id: RoomName::new(room).unwrap().id(),
+        from: key.public().to_peer_id(),
+        to: Some(to),
+        session: SessionId::random(),
+        seq: 1,
+        created_at: now_ms(),
+        expires_at: now_ms() + 60_000,
+        body: Body::Offer(Signal {
+            sdp: "v=0".into(),
+            candidates: vec![],
+            end_of_candidates: false,
+        }),
+    }
+}
+
+/// Polls `check` every 20 ms until it returns `Some` or `limit` passes.
+async fn eventually<T, F, Fut>(limit: Duration, mut check: F) -> Option<T>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = Instant::now() + limit;
+    while Instant::now() < deadline {
+        if let Some(v) = check().await {
+            return Some(v);
+        }
+        sleep(Duration::from_millis(20)).await;
+    }
+    None
+}
+
+#[tokio::test]
+async fn storing_node_keeps_valid_mailbox_records_and_refuses_forged_ones() {
+    let storer = node(None).await;
+    let writer_key = Keypair::generate_ed25519();
+    let writer = DhtHandle::spawn(
+        DhtConfig::new(writer_key.clone())
+            .with_listen("/ip4/127.0.0.1/tcp/0".parse().unwrap())
+            .with_bootstrap(storer.listen_addrs()[0].clone()),
+    )
+    .await
+    .unwrap();
+    let to = PeerId::random();
+
+    // A valid record, as a control: the storer keeps it.
+    let valid = offer(&writer_key, to, "lobby");
+    let valid_key = valid.room_id.mailbox_key(&valid.from, &to);
+    writer
+        .put_record(valid_key.clone(), valid.sign(&writer_key).unwrap())
+        .await
+        .unwrap();
+
+    // A forged one: valid envelope, one flipped signature bit.
+    let forged = offer(&writer_key, to, "other-room");
+    let forged_key = forged.room_id.mailbox_key(&forged.from, &to);
+    let mut bytes = forged.sign(&writer_key).unwrap();
+    let last = bytes.len() - 1;
+    bytes[last] ^= 1;
+    // The writer stores locally whatever it puts; the storer answers but must not keep it.
+    let _ = writer.put_record(forged_key.clone(), bytes).await;
+
+    // A reader that never saw either record asks the network; the writer is gone.
+    drop(writer);
+    let reader = node(Some(&storer)).await;
+    let found = eventually(Duration::from_secs(10), || {
+        let reader = reader.clone();
+        let key = valid_key.clone();
+        async move { reader.get_record(key).await.ok().filter(|v| !v.is_empty()) }
+    })
+    .await;
+    assert!(found.is_some(), "the valid record is stored by the storer");
+    assert!(
+        reader.get_record(forged_key).await.unwrap().is_empty(),
+        "the forged record must not be stored"
+    );
+}
+
+#[tokio::test]
+async fn providers_are_found_through_a_common_bootstrap_node() {
+    let boot = node(None).await;
+    let a = node(Some(&boot)).await;
+    let b = node(Some(&boot)).await;
+    let key = RoomName::new("lobby").unwrap().id().presence_key();
+    a.start_providing(key.clone()).await.unwrap();
+    let found = eventually(Duration::from_secs(10), || {
+        let b = b.clone();
+        let key = key.clone();
+        async move {
+            b.get_providers(key)
+                .await
+                .ok()
+                .filter(|p| !p.is_empty())
+        }
+    })
+    .await
+    .expect("b finds a provider");
+    assert_eq!(found, vec![a.peer_id()]);
+    // b dialed the provider it found.
+    let connected = eventually(Duration::from_secs(5), || {
+        let b = b.clone();
+        let a = a.peer_id();
+        async move {
+            b.connected_peers()
+                .await
+                .ok()
+                .filter(|peers| peers.contains(&a))
+        }
+    })
+    .await;
+    assert!(connected.is_some());
+}
+
+#[tokio::test]
+async fn topic_delivers_valid_envelopes_and_drops_invalid_ones() {
+    let a_key = Keypair::generate_ed25519();
+    let a = DhtHandle::spawn(
+        DhtConfig::new(a_key.clone()).with_listen("/ip4/127.0.0.1/tcp/0".parse().unwrap()),
+    )
+    .await
+    .unwrap();
+    let b = node(Some(&a)).await;
+    let room = RoomName::new("lobby").unwrap().id();
+    let _a_sub = a.subscribe(room.topic()).await.unwrap();
+    let mut b_sub = b.subscribe(room.topic()).await.unwrap();
+
+    let mut valid = offer(&a_key, b.peer_id(), "lobby");
+    valid.body = Body::Presence;
+    let valid = valid.sign(&a_key).unwrap();
+    let wrong_room = offer(&a_key, b.peer_id(), "elsewhere").sign(&a_key).unwrap();
+    // Publishing fails until b's subscription has reached a.
+    eventually(Duration::from_secs(10), || {
+        let a = a.clone();
+        let topic = room.topic();
+        let data = wrong_room.clone();
+        async move { a.publish(topic, data).await.ok() }
+    })
+    .await
+    .expect("a can publish once b subscribed");
+    a.publish(room.topic(), b"garbage".to_vec()).await.unwrap();
+    a.publish(room.topic(), valid.clone()).await.unwrap();
+
+    let message = timeout(Duration::from_secs(10), b_sub.recv())
+        .await
+        .expect("a message within the deadline")
+        .expect("subscription open");
+    assert_eq!(message.data, valid, "only the valid envelope is delivered");
+    assert_eq!(message.source, Some(a.peer_id()));
+    assert!(b_sub.try_recv().is_err());
+}
+
+#[tokio::test]
+async fn unreachable_bootstrap_is_a_clear_error() {
+    // Bind and drop a listener to get a loopback port nobody listens on.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let addr = format!("/ip4/127.0.0.1/tcp/{port}/p2p/{}", PeerId::random());
+    let result = DhtHandle::spawn(
+        DhtConfig::new(Keypair::generate_ed25519())
+            .with_listen("/ip4/127.0.0.1/tcp/0".parse().unwrap())
+            .with_bootstrap(addr.parse().unwrap()),
+    )
+    .await;
+    assert!(matches!(
+        result,
+        Err(DhtError::BootstrapUnreachable { .. })
+    ));
+}
