@@ -167,7 +167,10 @@ for ts, _, _, label, text, ev in rows:
 
 # --- small utilities ---------------------------------------------------------------
 
+# die MSG: print an error and exit 1 (the EXIT traps of up/demo report MSG too).
+DIE_MSG=""
 die() {
+  DIE_MSG="$*"
   printf '%s: error: %s\n' "$PROG" "$*" >&2
   exit 1
 }
@@ -344,7 +347,7 @@ up_on_exit() {
   set +e
   ((UP_DONE)) && return 0
   ((rc != 0)) || rc=1
-  printf '%s: up: FAILED: %s\n' "$PROG" "${UP_FAIL_MSG:-unexpected error (exit status $rc)}" >&2
+  printf '%s: up: FAILED: %s\n' "$PROG" "${UP_FAIL_MSG:-${DIE_MSG:-unexpected error (exit status $rc)}}" >&2
   if ((UP_FAILED_NODE > 0)); then
     tail_file "node $UP_FAILED_NODE stderr" "$STATE/node-$UP_FAILED_NODE.log" >&2
     if [[ -s $STATE/node-$UP_FAILED_NODE.out ]]; then
@@ -592,8 +595,10 @@ demo_teardown() {
     DEMO_UP_PID=""
   fi
   if [[ -n $DEMO_DIR ]]; then
-    step "stopping the demo testnet"
-    STATE=$DEMO_DIR stop_testnet
+    if [[ -f $DEMO_DIR/pids ]]; then
+      step "stopping the demo testnet"
+      STATE=$DEMO_DIR stop_testnet
+    fi
     rm -f -- "$DEMO_DIR"/{A,B}.stdin "$DEMO_DIR"/{A,B}.pipe
   fi
 }
@@ -617,7 +622,8 @@ demo_on_exit() {
   ((DEMO_OK)) && exit 0
   ((rc != 0)) || rc=1
   {
-    printf '\ndemo: FAILED: %s\n' "${DEMO_FAIL_MSG:-unexpected error (exit status $rc)}"
+    DEMO_FAIL_MSG=${DEMO_FAIL_MSG:-${DIE_MSG:-unexpected error (exit status $rc)}}
+    printf '\ndemo: FAILED: %s\n' "$DEMO_FAIL_MSG"
     print_timeline
     local f k
     for f in A B; do
@@ -626,7 +632,7 @@ demo_on_exit() {
     for ((k = 1; k <= 5; k++)); do
       [[ -e $DEMO_DIR/node-$k.log ]] && tail_file "node $k stderr" "$DEMO_DIR/node-$k.log"
     done
-    printf 'demo: FAILED: %s (files kept in %s)\n' "${DEMO_FAIL_MSG:-unexpected error}" "$DEMO_DIR"
+    printf 'demo: FAILED: %s (files kept in %s)\n' "$DEMO_FAIL_MSG" "$DEMO_DIR"
   } >&2
   exit "$rc"
 }
@@ -722,7 +728,7 @@ cmd_demo() {
   DEMO_DIR="$STATE/demo"
   mkdir -p -- "$DEMO_DIR"
   if STATE=$DEMO_DIR running_nodes && ((${#RUNNING[@]} > 0)); then
-    die "a demo testnet is already running in $DEMO_DIR; stop it with: KADRTC_TESTNET_DIR=$DEMO_DIR $PROG down"
+    die "another demo is running (its testnet in $DEMO_DIR is up); wait for it, or stop that testnet with: KADRTC_TESTNET_DIR=$(printf %q "$DEMO_DIR") $PROG down"
   fi
   # Only remove files this demo creates (never rm -r a user-provided path).
   rm -f -- "$DEMO_DIR"/{A,B}.{out,log,stdin,pipe} "$DEMO_DIR/script.events" \

@@ -17,7 +17,7 @@ use libp2p::{
 use tokio::sync::{mpsc, oneshot};
 
 use crate::{
-    Command, DhtConfig, DhtError, TopicMessage, IDENTIFY_PROTOCOL, IDLE_CONNECTION_TIMEOUT,
+    Command, DhtConfig, DhtError, TopicEvent, IDENTIFY_PROTOCOL, IDLE_CONNECTION_TIMEOUT,
     KAD_PROTOCOL, MAX_PROVIDERS_PER_GET, MAX_RECORDS_PER_GET, MAX_TOPIC_MESSAGE_SIZE,
 };
 
@@ -43,7 +43,7 @@ struct EventLoop {
     pending_providing: HashMap<kad::QueryId, oneshot::Sender<Result<(), DhtError>>>,
     pending_providers: HashMap<kad::QueryId, (HashSet<PeerId>, oneshot::Sender<Result<Vec<PeerId>, DhtError>>)>,
     pending_get: HashMap<kad::QueryId, (Vec<Vec<u8>>, oneshot::Sender<Result<Vec<Vec<u8>>, DhtError>>)>,
-    topics: HashMap<gossipsub::TopicHash, (String, mpsc::Sender<TopicMessage>)>,
+    topics: HashMap<gossipsub::TopicHash, (String, mpsc::Sender<TopicEvent>)>,
 }
 
 /// Builds the swarm, listens, bootstraps and spawns the loop. Returns the full listen
@@ -266,8 +266,9 @@ impl EventLoop {
                 let id = behaviour.kad.get_providers(kad::RecordKey::new(&key));
                 self.pending_providers.insert(id, (HashSet::new(), reply));
             }
-            Command::PutRecord { key, value, reply } => {
-                let record = kad::Record::new(key, value);
+            Command::PutRecord { key, value, ttl, reply } => {
+                let mut record = kad::Record::new(key, value);
+                record.expires = Some(std::time::Instant::now() + ttl);
                 match behaviour.kad.put_record(record, kad::Quorum::One) {
                     Ok(id) => {
                         self.pending_put.insert(id, reply);
@@ -450,14 +451,22 @@ impl EventLoop {
     }
 
     fn handle_gossipsub_event(&mut self, event: gossipsub::Event) {
-        let gossipsub::Event::Message { propagation_source, message_id, message } = event else {
-            return;
+        let (propagation_source, message_id, message) = match event {
+            gossipsub::Event::Message { propagation_source, message_id, message } => {
+                (propagation_source, message_id, message)
+            }
+            gossipsub::Event::Subscribed { peer_id, topic } => {
+                if let Some((_, sender)) = self.topics.get(&topic) {
+                    let _ = sender.try_send(TopicEvent::PeerSubscribed { peer: peer_id });
+                }
+                return;
+            }
+            _ => return,
         };
         let acceptance = match self.topics.get(&message.topic) {
             Some((topic, sender)) => match validate_topic_message(topic, &message.data) {
                 Ok(()) => {
-                    let delivered = TopicMessage {
-                        topic: topic.clone(),
+                    let delivered = TopicEvent::Message {
                         source: message.source,
                         data: message.data,
                     };

@@ -17,7 +17,8 @@
 //!     .with_listen("/ip4/127.0.0.1/tcp/0".parse().unwrap());
 //! let dht = DhtHandle::spawn(config).await?;
 //! println!("listening on {:?}", dht.listen_addrs());
-//! dht.put_record(b"/kadrtc/mailbox/...".to_vec(), b"signed envelope".to_vec()).await?;
+//! let ttl = std::time::Duration::from_secs(60);
+//! dht.put_record(b"/kadrtc/mailbox/...".to_vec(), b"signed envelope".to_vec(), ttl).await?;
 //! # Ok(())
 //! # }
 //! ```
@@ -86,15 +87,22 @@ pub struct DhtHandle {
     commands: mpsc::Sender<Command>,
 }
 
-/// A message received on a subscribed topic, already validated.
+/// What happens on a subscribed topic.
 #[derive(Debug, Clone)]
-pub struct TopicMessage {
-    /// The topic it arrived on.
-    pub topic: String,
-    /// The peer that published it (gossipsub signed author).
-    pub source: Option<PeerId>,
-    /// The payload (a signed envelope).
-    pub data: Vec<u8>,
+#[non_exhaustive]
+pub enum TopicEvent {
+    /// A message arrived and passed validation.
+    Message {
+        /// The peer that published it (gossipsub signed author).
+        source: Option<PeerId>,
+        /// The payload (a signed envelope).
+        data: Vec<u8>,
+    },
+    /// A connected peer subscribed to the topic.
+    PeerSubscribed {
+        /// The peer.
+        peer: PeerId,
+    },
 }
 
 /// Why a DHT operation failed.
@@ -155,6 +163,7 @@ enum Command {
     PutRecord {
         key: Vec<u8>,
         value: Vec<u8>,
+        ttl: Duration,
         reply: oneshot::Sender<Result<(), DhtError>>,
     },
     GetRecord {
@@ -163,7 +172,7 @@ enum Command {
     },
     Subscribe {
         topic: String,
-        sender: mpsc::Sender<TopicMessage>,
+        sender: mpsc::Sender<TopicEvent>,
         reply: oneshot::Sender<Result<(), DhtError>>,
     },
     Unsubscribe {
@@ -270,15 +279,26 @@ impl DhtHandle {
             .await?
     }
 
-    /// Stores a record locally and at the closest peers (quorum one).
+    /// Stores a record locally and at the closest peers (quorum one); it expires from the
+    /// local store after `ttl`.
     ///
     /// # Errors
     ///
     /// [`DhtError::Store`] when the local store refuses it, [`DhtError::Query`] when no remote
     /// peer stored it.
-    pub async fn put_record(&self, key: Vec<u8>, value: Vec<u8>) -> Result<(), DhtError> {
-        self.request(|reply| Command::PutRecord { key, value, reply })
-            .await?
+    pub async fn put_record(
+        &self,
+        key: Vec<u8>,
+        value: Vec<u8>,
+        ttl: Duration,
+    ) -> Result<(), DhtError> {
+        self.request(|reply| Command::PutRecord {
+            key,
+            value,
+            ttl,
+            reply,
+        })
+        .await?
     }
 
     /// Fetches every value stored under `key` that the query finds (at most
@@ -292,13 +312,13 @@ impl DhtHandle {
             .await?
     }
 
-    /// Subscribes to `topic`; validated messages arrive on the returned receiver (bounded by
-    /// [`TOPIC_CHANNEL_CAPACITY`]).
+    /// Subscribes to `topic`; validated messages and peer subscriptions arrive on the returned
+    /// receiver (bounded by [`TOPIC_CHANNEL_CAPACITY`]).
     ///
     /// # Errors
     ///
     /// [`DhtError::Subscribe`].
-    pub async fn subscribe(&self, topic: String) -> Result<mpsc::Receiver<TopicMessage>, DhtError> {
+    pub async fn subscribe(&self, topic: String) -> Result<mpsc::Receiver<TopicEvent>, DhtError> {
         let (sender, receiver) = mpsc::channel(TOPIC_CHANNEL_CAPACITY);
         self.request(|reply| Command::Subscribe {
             topic,

@@ -3,11 +3,13 @@
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use kadrtc_dht::{DhtConfig, DhtError, DhtHandle};
+use kadrtc_dht::{DhtConfig, DhtError, DhtHandle, TopicEvent};
 use kadrtc_proto::{Body, Envelope, RoomName, SessionId, Signal, ENVELOPE_VERSION};
 use libp2p::identity::Keypair;
 use libp2p::PeerId;
 use tokio::time::{sleep, timeout, Instant};
+
+const TTL: Duration = Duration::from_secs(60);
 
 fn now_ms() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_millis() as u64
@@ -73,7 +75,7 @@ async fn storing_node_keeps_valid_mailbox_records_and_refuses_forged_ones() {
     let valid = offer(&writer_key, to, "lobby");
     let valid_key = valid.room_id.mailbox_key(&valid.from, &to);
     writer
-        .put_record(valid_key.clone(), valid.sign(&writer_key).unwrap())
+        .put_record(valid_key.clone(), valid.sign(&writer_key).unwrap(), TTL)
         .await
         .unwrap();
 
@@ -84,7 +86,7 @@ async fn storing_node_keeps_valid_mailbox_records_and_refuses_forged_ones() {
     let last = bytes.len() - 1;
     bytes[last] ^= 1;
     // The writer stores locally whatever it puts; the storer answers but must not keep it.
-    let _ = writer.put_record(forged_key.clone(), bytes).await;
+    let _ = writer.put_record(forged_key.clone(), bytes, TTL).await;
 
     // A reader that never saw either record asks the network; the writer is gone.
     drop(writer);
@@ -166,13 +168,21 @@ async fn topic_delivers_valid_envelopes_and_drops_invalid_ones() {
     a.publish(room.topic(), b"garbage".to_vec()).await.unwrap();
     a.publish(room.topic(), valid.clone()).await.unwrap();
 
-    let message = timeout(Duration::from_secs(10), b_sub.recv())
-        .await
-        .expect("a message within the deadline")
-        .expect("subscription open");
-    assert_eq!(message.data, valid, "only the valid envelope is delivered");
-    assert_eq!(message.source, Some(a.peer_id()));
-    assert!(b_sub.try_recv().is_err());
+    let message = timeout(Duration::from_secs(10), async {
+        loop {
+            match b_sub.recv().await.expect("subscription open") {
+                TopicEvent::Message { source, data } => return (source, data),
+                _ => continue,
+            }
+        }
+    })
+    .await
+    .expect("a message within the deadline");
+    assert_eq!(message.1, valid, "only the valid envelope is delivered");
+    assert_eq!(message.0, Some(a.peer_id()));
+    while let Ok(event) = b_sub.try_recv() {
+        assert!(!matches!(event, TopicEvent::Message { .. }), "nothing else is delivered");
+    }
 }
 
 #[tokio::test]

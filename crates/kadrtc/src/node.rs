@@ -1,0 +1,237 @@
+//! [`Node`]: one libp2p identity on the kadrtc network, and its builder.
+
+use std::net::{IpAddr, Ipv4Addr};
+use std::sync::Arc;
+
+use kadrtc_dht::{DhtConfig, DhtError, DhtHandle};
+use kadrtc_proto::{Keypair, RoomName, RoomNameError};
+use kadrtc_rtc::RtcConfig;
+use libp2p::multiaddr::Protocol;
+use libp2p::{Multiaddr, PeerId};
+use thiserror::Error;
+
+use crate::room::{Room, RoomConfig};
+
+/// A running kadrtc node: a DHT participant that can join rooms. Cheap to clone; all clones
+/// share one libp2p swarm. The swarm stops when the last clone (and every [`Room`]) is
+/// dropped.
+#[derive(Clone)]
+pub struct Node {
+    inner: Arc<NodeInner>,
+}
+
+pub(crate) struct NodeInner {
+    pub(crate) dht: DhtHandle,
+    pub(crate) keypair: Keypair,
+    pub(crate) rtc: RtcConfig,
+}
+
+/// Configures and starts a [`Node`].
+#[derive(Debug, Default)]
+pub struct NodeBuilder {
+    keypair: Option<Keypair>,
+    listen: Vec<Multiaddr>,
+    bootstrap: Vec<Multiaddr>,
+    ice_bind: Vec<IpAddr>,
+    ice_servers: Vec<String>,
+}
+
+/// Why a [`Node`] could not start.
+#[derive(Debug, Error)]
+#[non_exhaustive]
+pub enum NodeError {
+    /// A bootstrap address does not name its peer.
+    #[error("bootstrap address {0} must end in /p2p/<PeerId>")]
+    BootstrapWithoutPeerId(Multiaddr),
+    /// The libp2p node failed to start (listen, transport or bootstrap).
+    #[error(transparent)]
+    Dht(#[from] DhtError),
+}
+
+/// Why [`Node::join`] failed.
+#[derive(Debug, Error)]
+#[non_exhaustive]
+pub enum JoinError {
+    /// The room name is not valid.
+    #[error("invalid room name: {0}")]
+    RoomName(#[from] RoomNameError),
+    /// Subscribing to the room topic failed.
+    #[error("cannot join the room topic")]
+    Dht(#[source] DhtError),
+}
+
+impl Node {
+    /// A builder with a fresh ed25519 identity, listening on `/ip4/0.0.0.0/tcp/0`, with no
+    /// bootstrap peer.
+    pub fn builder() -> NodeBuilder {
+        NodeBuilder::default()
+    }
+
+    /// This node's `PeerId`.
+    pub fn peer_id(&self) -> PeerId {
+        self.inner.dht.peer_id()
+    }
+
+    /// The addresses this node listens on, each ending in `/p2p/<PeerId>`.
+    pub fn listen_addrs(&self) -> Vec<Multiaddr> {
+        self.inner.dht.listen_addrs()
+    }
+
+    /// Joins `room` with default settings: announces presence, discovers members and opens a
+    /// data channel to each.
+    ///
+    /// # Errors
+    ///
+    /// [`JoinError::RoomName`] for an invalid name, [`JoinError::Dht`] when the room topic
+    /// cannot be joined.
+    pub async fn join(&self, room: &str) -> Result<Room, JoinError> {
+        self.join_with(room, RoomConfig::default()).await
+    }
+
+    /// Joins `room` with explicit settings.
+    ///
+    /// # Errors
+    ///
+    /// As [`Node::join`].
+    pub async fn join_with(&self, room: &str, config: RoomConfig) -> Result<Room, JoinError> {
+        let name = RoomName::new(room)?;
+        Room::join(self.inner.clone(), name, config).await
+    }
+}
+
+impl std::fmt::Debug for Node {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Node")
+            .field("peer_id", &self.peer_id())
+            .finish_non_exhaustive()
+    }
+}
+
+impl NodeBuilder {
+    /// Uses this identity instead of a fresh one; its `PeerId` names the node.
+    pub fn identity(mut self, keypair: Keypair) -> Self {
+        self.keypair = Some(keypair);
+        self
+    }
+
+    /// Adds a TCP listen address (default `/ip4/0.0.0.0/tcp/0`).
+    pub fn listen(mut self, addr: Multiaddr) -> Self {
+        self.listen.push(addr);
+        self
+    }
+
+    /// Adds a bootstrap peer: a multiaddr ending in `/p2p/<PeerId>`.
+    pub fn bootstrap(mut self, addr: Multiaddr) -> Self {
+        self.bootstrap.push(addr);
+        self
+    }
+
+    /// Adds a local IP for WebRTC's UDP sockets. Default: the IPs of the listen addresses
+    /// (so a node listening on 127.0.0.1 offers only loopback candidates), or every
+    /// interface plus loopback when listening on `0.0.0.0`.
+    pub fn ice_bind(mut self, ip: IpAddr) -> Self {
+        self.ice_bind.push(ip);
+        self
+    }
+
+    /// Adds a STUN or TURN server URL (`stun:host:port`). None by default: kadrtc uses no
+    /// public server unless told to.
+    pub fn ice_server(mut self, url: impl Into<String>) -> Self {
+        self.ice_servers.push(url.into());
+        self
+    }
+
+    /// Starts the node: listens, connects to at least one bootstrap peer (when any is given)
+    /// and runs the Kademlia bootstrap.
+    ///
+    /// # Errors
+    ///
+    /// [`NodeError::BootstrapWithoutPeerId`] for a bootstrap address without `/p2p/`;
+    /// [`NodeError::Dht`] when listening fails or no bootstrap peer answers.
+    pub async fn build(self) -> Result<Node, NodeError> {
+        for addr in &self.bootstrap {
+            if !matches!(addr.iter().last(), Some(Protocol::P2p(_))) {
+                return Err(NodeError::BootstrapWithoutPeerId(addr.clone()));
+            }
+        }
+        let keypair = self.keypair.unwrap_or_else(Keypair::generate_ed25519);
+        let listen = if self.listen.is_empty() {
+            vec![Multiaddr::empty()
+                .with(Protocol::Ip4(Ipv4Addr::UNSPECIFIED))
+                .with(Protocol::Tcp(0))]
+        } else {
+            self.listen
+        };
+        let ice_bind = if self.ice_bind.is_empty() {
+            ice_bind_for(&listen)
+        } else {
+            self.ice_bind
+        };
+        let mut config = DhtConfig::new(keypair.clone());
+        config.listen = listen;
+        config.bootstrap = self.bootstrap;
+        let dht = DhtHandle::spawn(config).await?;
+        Ok(Node {
+            inner: Arc::new(NodeInner {
+                dht,
+                keypair,
+                rtc: RtcConfig {
+                    bind_ips: ice_bind,
+                    ice_servers: self.ice_servers,
+                },
+            }),
+        })
+    }
+}
+
+/// WebRTC binds the IPs libp2p listens on; an unspecified IP also brings loopback, which
+/// webrtc-rs leaves out of its interface enumeration.
+fn ice_bind_for(listen: &[Multiaddr]) -> Vec<IpAddr> {
+    let mut ips = Vec::new();
+    for addr in listen {
+        let ip = addr.iter().find_map(|p| match p {
+            Protocol::Ip4(ip) => Some(IpAddr::V4(ip)),
+            Protocol::Ip6(ip) => Some(IpAddr::V6(ip)),
+            _ => None,
+        });
+        let Some(ip) = ip else { continue };
+        if !ips.contains(&ip) {
+            ips.push(ip);
+        }
+        if ip.is_unspecified() {
+            let loopback = match ip {
+                IpAddr::V4(_) => IpAddr::V4(Ipv4Addr::LOCALHOST),
+                IpAddr::V6(_) => IpAddr::V6(std::net::Ipv6Addr::LOCALHOST),
+            };
+            if !ips.contains(&loopback) {
+                ips.push(loopback);
+            }
+        }
+    }
+    if ips.is_empty() {
+        ips = RtcConfig::all_interfaces().bind_ips;
+    }
+    ips
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ice_binds_follow_the_listen_addresses() {
+        let loopback: Multiaddr = "/ip4/127.0.0.1/tcp/0".parse().unwrap();
+        assert_eq!(
+            ice_bind_for(&[loopback]),
+            vec![IpAddr::V4(Ipv4Addr::LOCALHOST)]
+        );
+        let any: Multiaddr = "/ip4/0.0.0.0/tcp/4001".parse().unwrap();
+        assert_eq!(
+            ice_bind_for(&[any]),
+            vec![
+                IpAddr::V4(Ipv4Addr::UNSPECIFIED),
+                IpAddr::V4(Ipv4Addr::LOCALHOST)
+            ]
+        );
+    }
+}

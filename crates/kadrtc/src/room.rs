@@ -1,0 +1,810 @@
+//! [`Room`]: membership of one room, with a data channel to every other member.
+//!
+//! One task per room (the room actor) owns the per-peer [`Negotiation`] state machines and
+//! the WebRTC peer connections; the [`Room`] handle talks to it through bounded channels and
+//! reads open channels from a shared map to send without a round trip.
+
+use std::collections::HashMap;
+use std::sync::{Arc, PoisonError, RwLock};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use kadrtc_dht::{DhtHandle, TopicEvent};
+use kadrtc_proto::{
+    Action, Body, Envelope, EnvelopeError, Negotiation, NegotiationConfig, RoomId, RoomName,
+    SessionId, ENVELOPE_VERSION,
+};
+use kadrtc_rtc::{Channel, PeerConnection, RtcError, RtcEvent};
+use libp2p::PeerId;
+use thiserror::Error;
+use tokio::sync::{mpsc, oneshot, watch};
+
+use crate::node::NodeInner;
+
+/// How long a published envelope stays valid, and how long storing nodes keep a mailbox
+/// record.
+pub const DEFAULT_ENVELOPE_TTL: Duration = Duration::from_secs(120);
+/// First interval between `get_providers` lookups of the room's presence key; it doubles up
+/// to [`DEFAULT_DISCOVERY_MAX`] while the room is joined.
+pub const DEFAULT_DISCOVERY_INITIAL: Duration = Duration::from_millis(250);
+/// Longest interval between presence lookups.
+pub const DEFAULT_DISCOVERY_MAX: Duration = Duration::from_secs(10);
+/// Most peers one room tracks at once; further peers are ignored until one leaves.
+pub const DEFAULT_MAX_PEERS: usize = 64;
+/// Capacity of the room's event channel to the application.
+pub const EVENT_CHANNEL_CAPACITY: usize = 256;
+/// Capacity of the channel carrying WebRTC events into the room actor.
+const RTC_EVENT_CAPACITY: usize = 1024;
+/// Capacity of the channel carrying finished DHT lookups into the room actor.
+const INTERNAL_CAPACITY: usize = 256;
+/// How long leaving waits for the `Leave` announcement and connection teardown.
+const LEAVE_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Settings of one joined room.
+#[derive(Debug, Clone)]
+pub struct RoomConfig {
+    /// Timers of each pair's negotiation.
+    pub negotiation: NegotiationConfig,
+    /// See [`DEFAULT_ENVELOPE_TTL`].
+    pub envelope_ttl: Duration,
+    /// See [`DEFAULT_DISCOVERY_INITIAL`].
+    pub discovery_initial: Duration,
+    /// See [`DEFAULT_DISCOVERY_MAX`].
+    pub discovery_max: Duration,
+    /// See [`DEFAULT_MAX_PEERS`].
+    pub max_peers: usize,
+}
+
+/// How a peer was discovered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Discovery {
+    /// Through a Kademlia `get_providers` lookup of the room's presence key.
+    Dht,
+    /// Through the room's gossipsub topic (a subscription, a presence announcement or an
+    /// envelope addressed to us).
+    Gossipsub,
+}
+
+/// What happens in a room. Marked `#[non_exhaustive]`: match with a wildcard arm.
+#[derive(Debug)]
+#[non_exhaustive]
+pub enum RoomEvent {
+    /// Another member of the room became known.
+    PeerDiscovered {
+        /// The member.
+        peer: PeerId,
+        /// How it was found.
+        via: Discovery,
+    },
+    /// A data channel to `peer` is open.
+    ChannelOpen {
+        /// The remote member.
+        peer: PeerId,
+        /// Time since [`crate::Node::join`] began.
+        elapsed: Duration,
+    },
+    /// A message arrived on the channel from `peer`.
+    Message {
+        /// The sender.
+        peer: PeerId,
+        /// The message, as sent.
+        data: Vec<u8>,
+    },
+    /// `peer` left the room, or its open channel closed.
+    PeerLeft {
+        /// The member.
+        peer: PeerId,
+    },
+    /// Something failed that the application may want to show; the room goes on.
+    Error {
+        /// The peer concerned, if any.
+        peer: Option<PeerId>,
+        /// What went wrong.
+        error: RoomError,
+    },
+}
+
+/// Problems reported by [`RoomEvent::Error`].
+#[derive(Debug, Error)]
+#[non_exhaustive]
+pub enum RoomError {
+    /// A negotiation attempt ended without an open channel.
+    #[error("no channel after attempt {failures}{}", retry_text(*.retry_in))]
+    AttemptFailed {
+        /// Failed attempts in a row.
+        failures: u32,
+        /// When the next attempt starts (the offerer's side), if this side retries.
+        retry_in: Option<Duration>,
+    },
+    /// The WebRTC stack refused a step.
+    #[error("webrtc: {0}")]
+    Rtc(#[source] RtcError),
+}
+
+/// Why [`Room::send`] or [`Room::broadcast`] failed.
+#[derive(Debug, Error)]
+#[non_exhaustive]
+pub enum SendError {
+    /// There is no open channel to this peer.
+    #[error("no open channel to {0}")]
+    NoChannel(PeerId),
+    /// The channel refused the message.
+    #[error("sending to {peer} failed")]
+    Rtc {
+        /// The peer.
+        peer: PeerId,
+        /// The cause.
+        #[source]
+        source: RtcError,
+    },
+}
+
+/// A joined room. Events come from [`Room::next_event`]; [`Room::leave`] (or dropping the
+/// room) announces the departure and closes every channel.
+pub struct Room {
+    name: RoomName,
+    local: PeerId,
+    events: mpsc::Receiver<RoomEvent>,
+    commands: mpsc::Sender<oneshot::Sender<()>>,
+    channels: Arc<RwLock<HashMap<PeerId, Channel>>>,
+}
+
+struct RoomActor {
+    node: Arc<NodeInner>,
+    room: RoomId,
+    topic: String,
+    local: PeerId,
+    config: RoomConfig,
+    joined_at: Instant,
+    peers: HashMap<PeerId, PeerEntry>,
+    channels: Arc<RwLock<HashMap<PeerId, Channel>>>,
+    events: mpsc::Sender<RoomEvent>,
+    rtc_tx: mpsc::Sender<(PeerTag, RtcEvent)>,
+    internal_tx: mpsc::Sender<Internal>,
+    next_discovery: Instant,
+    discovery_interval: Duration,
+    discovery_in_flight: bool,
+}
+
+struct PeerEntry {
+    negotiation: Negotiation,
+    connection: Option<(SessionId, PeerConnection)>,
+    open: bool,
+    left_reported: bool,
+    /// Latest signed envelope for the remote's mailbox; a writer task puts it, in order.
+    mailbox: watch::Sender<Option<Vec<u8>>>,
+}
+
+#[derive(Clone, Copy)]
+struct PeerTag {
+    peer: PeerId,
+    session: SessionId,
+}
+
+enum Internal {
+    Providers(Vec<PeerId>),
+    Fetched { peer: PeerId, values: Vec<Vec<u8>> },
+}
+
+impl Default for RoomConfig {
+    fn default() -> Self {
+        Self {
+            negotiation: NegotiationConfig::default(),
+            envelope_ttl: DEFAULT_ENVELOPE_TTL,
+            discovery_initial: DEFAULT_DISCOVERY_INITIAL,
+            discovery_max: DEFAULT_DISCOVERY_MAX,
+            max_peers: DEFAULT_MAX_PEERS,
+        }
+    }
+}
+
+impl Room {
+    pub(crate) async fn join(
+        node: Arc<NodeInner>,
+        name: RoomName,
+        config: RoomConfig,
+    ) -> Result<Self, crate::JoinError> {
+        let joined_at = Instant::now();
+        let room = name.id();
+        let topic = room.topic();
+        let topic_rx = node
+            .dht
+            .subscribe(topic.clone())
+            .await
+            .map_err(crate::JoinError::Dht)?;
+        let local = node.dht.peer_id();
+        let (events_tx, events) = mpsc::channel(EVENT_CHANNEL_CAPACITY);
+        let (commands, commands_rx) = mpsc::channel(1);
+        let (rtc_tx, rtc_rx) = mpsc::channel(RTC_EVENT_CAPACITY);
+        let (internal_tx, internal_rx) = mpsc::channel(INTERNAL_CAPACITY);
+        let channels = Arc::new(RwLock::new(HashMap::new()));
+        let actor = RoomActor {
+            node,
+            room,
+            topic,
+            local,
+            discovery_interval: config.discovery_initial,
+            config,
+            joined_at,
+            peers: HashMap::new(),
+            channels: channels.clone(),
+            events: events_tx,
+            rtc_tx,
+            internal_tx,
+            next_discovery: joined_at,
+            discovery_in_flight: false,
+        };
+        tokio::spawn(actor.run(commands_rx, topic_rx, rtc_rx, internal_rx));
+        Ok(Self {
+            name,
+            local,
+            events,
+            commands,
+            channels,
+        })
+    }
+
+    /// The room's name.
+    pub fn name(&self) -> &str {
+        self.name.as_str()
+    }
+
+    /// This node's `PeerId`.
+    pub fn local_peer_id(&self) -> PeerId {
+        self.local
+    }
+
+    /// The peers with an open channel.
+    pub fn connected_peers(&self) -> Vec<PeerId> {
+        self.channels
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .keys()
+            .copied()
+            .collect()
+    }
+
+    /// The next event, or `None` once the room has been left.
+    pub async fn next_event(&mut self) -> Option<RoomEvent> {
+        self.events.recv().await
+    }
+
+    /// Sends one message (at most [`kadrtc_rtc::MAX_MESSAGE_SIZE`] bytes) to `peer`; waits
+    /// while the channel's send buffer is full.
+    ///
+    /// # Errors
+    ///
+    /// [`SendError::NoChannel`] when no channel to `peer` is open; [`SendError::Rtc`] when
+    /// the channel refuses the message.
+    pub async fn send(&self, peer: PeerId, data: &[u8]) -> Result<(), SendError> {
+        let channel = self
+            .channels
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(&peer)
+            .cloned()
+            .ok_or(SendError::NoChannel(peer))?;
+        channel
+            .send(data)
+            .await
+            .map_err(|source| SendError::Rtc { peer, source })
+    }
+
+    /// Sends one message to every peer with an open channel and returns how many it reached.
+    /// A peer whose channel refuses the message is skipped with a log line.
+    pub async fn broadcast(&self, data: &[u8]) -> usize {
+        let channels: Vec<(PeerId, Channel)> = self
+            .channels
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .iter()
+            .map(|(peer, channel)| (*peer, channel.clone()))
+            .collect();
+        let mut reached = 0;
+        for (peer, channel) in channels {
+            match channel.send(data).await {
+                Ok(()) => reached += 1,
+                Err(error) => tracing::warn!(%peer, %error, "message not sent"),
+            }
+        }
+        reached
+    }
+
+    /// Leaves the room: announces the departure on the room topic, withdraws the presence
+    /// announcement and closes every channel (waiting at most 2 s).
+    pub async fn leave(self) {
+        let (reply, done) = oneshot::channel();
+        if self.commands.send(reply).await.is_ok() {
+            let _ = tokio::time::timeout(LEAVE_TIMEOUT * 2, done).await;
+        }
+    }
+}
+
+impl std::fmt::Debug for Room {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Room")
+            .field("name", &self.name)
+            .field("local", &self.local)
+            .finish_non_exhaustive()
+    }
+}
+
+impl RoomActor {
+    async fn run(
+        mut self,
+        mut commands: mpsc::Receiver<oneshot::Sender<()>>,
+        mut topic_rx: mpsc::Receiver<TopicEvent>,
+        mut rtc_rx: mpsc::Receiver<(PeerTag, RtcEvent)>,
+        mut internal_rx: mpsc::Receiver<Internal>,
+    ) {
+        self.announce_presence();
+        let dht = self.node.dht.clone();
+        let presence_key = self.room.presence_key();
+        tokio::spawn(async move {
+            if let Err(error) = dht.start_providing(presence_key).await {
+                tracing::debug!(%error, "presence announcement reached no peer yet");
+            }
+        });
+        loop {
+            self.drive().await;
+            let deadline = self.next_deadline();
+            tokio::select! {
+                command = commands.recv() => {
+                    self.shutdown().await;
+                    if let Some(reply) = command {
+                        let _ = reply.send(());
+                    }
+                    return;
+                }
+                Some(event) = topic_rx.recv() => self.handle_topic_event(event),
+                Some((tag, event)) = rtc_rx.recv() => self.handle_rtc_event(tag, event).await,
+                Some(internal) = internal_rx.recv() => self.handle_internal(internal),
+                () = tokio::time::sleep_until(deadline.into()) => {}
+            }
+        }
+    }
+
+    fn next_deadline(&self) -> Instant {
+        let discovery = if self.discovery_in_flight {
+            Instant::now() + self.config.discovery_max
+        } else {
+            self.next_discovery
+        };
+        self.peers
+            .values()
+            .filter_map(|p| p.negotiation.poll_timeout())
+            .fold(discovery, Instant::min)
+    }
+
+    /// Runs due timers and carries out every pending negotiation action.
+    async fn drive(&mut self) {
+        let now = Instant::now();
+        if !self.discovery_in_flight && self.next_discovery <= now {
+            self.start_discovery(now);
+        }
+        let peers: Vec<PeerId> = self.peers.keys().copied().collect();
+        for peer in peers {
+            if let Some(entry) = self.peers.get_mut(&peer) {
+                if entry.negotiation.poll_timeout().is_some_and(|t| t <= now) {
+                    entry.negotiation.handle_timeout(now);
+                }
+            }
+            while let Some(action) = self
+                .peers
+                .get_mut(&peer)
+                .and_then(|e| e.negotiation.poll_action())
+            {
+                self.perform(peer, action).await;
+            }
+        }
+    }
+
+    async fn perform(&mut self, peer: PeerId, action: Action) {
+        match action {
+            Action::StartOffer { session } => {
+                let result = self.new_connection(peer, session).await;
+                let result = match result {
+                    Ok(pc) => pc.create_offer().await.map(|sdp| (pc, sdp)),
+                    Err(e) => Err(e),
+                };
+                self.install(peer, session, result);
+            }
+            Action::AcceptOffer { session, sdp } => {
+                let result = self.new_connection(peer, session).await;
+                let result = match result {
+                    Ok(pc) => pc.accept_offer(sdp).await.map(|answer| (pc, answer)),
+                    Err(e) => Err(e),
+                };
+                self.install(peer, session, result);
+            }
+            Action::ApplyAnswer { session, sdp } => {
+                let Some(entry) = self.peers.get_mut(&peer) else { return };
+                let Some((_, pc)) = entry.connection.as_ref().filter(|(s, _)| *s == session)
+                else {
+                    return;
+                };
+                match pc.apply_answer(sdp).await {
+                    Ok(()) => entry.negotiation.handle_remote_description_applied(session),
+                    Err(error) => {
+                        tracing::warn!(%peer, %error, "answer refused");
+                        entry.negotiation.handle_failed(session, Instant::now());
+                    }
+                }
+            }
+            Action::AddRemoteCandidates {
+                session,
+                candidates,
+            } => {
+                let Some(entry) = self.peers.get(&peer) else { return };
+                let Some((_, pc)) = entry.connection.as_ref().filter(|(s, _)| *s == session)
+                else {
+                    return;
+                };
+                for candidate in candidates {
+                    if let Err(error) = pc.add_candidate(candidate).await {
+                        tracing::debug!(%peer, %error, "remote candidate refused");
+                    }
+                }
+            }
+            Action::Publish { session, seq, body } => {
+                let envelope = self.envelope(Some(peer), session, seq, body);
+                match envelope.sign(&self.node.keypair) {
+                    Ok(bytes) => {
+                        if let Some(entry) = self.peers.get(&peer) {
+                            entry.mailbox.send_replace(Some(bytes.clone()));
+                        }
+                        self.publish_on_topic(bytes);
+                    }
+                    Err(error) => tracing::warn!(%peer, %error, "envelope not published"),
+                }
+            }
+            Action::FetchRemote => {
+                let dht = self.node.dht.clone();
+                let key = self.room.mailbox_key(&peer, &self.local);
+                let internal = self.internal_tx.clone();
+                tokio::spawn(async move {
+                    let values = dht.get_record(key).await.unwrap_or_default();
+                    let _ = internal.send(Internal::Fetched { peer, values }).await;
+                });
+            }
+            Action::Close { session } => {
+                let Some(entry) = self.peers.get_mut(&peer) else { return };
+                if entry.connection.as_ref().is_some_and(|(s, _)| *s == session) {
+                    if let Some((_, pc)) = entry.connection.take() {
+                        tokio::spawn(async move { pc.close().await });
+                    }
+                    if entry.open {
+                        entry.open = false;
+                        self.channels
+                            .write()
+                            .unwrap_or_else(PoisonError::into_inner)
+                            .remove(&peer);
+                    }
+                }
+            }
+            Action::AttemptFailed {
+                failures, retry_in, ..
+            } => {
+                tracing::warn!(%peer, failures, ?retry_in, "negotiation attempt failed");
+                self.emit(RoomEvent::Error {
+                    peer: Some(peer),
+                    error: RoomError::AttemptFailed { failures, retry_in },
+                })
+                .await;
+            }
+            _ => {}
+        }
+    }
+
+    async fn new_connection(
+        &self,
+        peer: PeerId,
+        session: SessionId,
+    ) -> Result<PeerConnection, RtcError> {
+        PeerConnection::new(
+            &self.node.rtc,
+            PeerTag { peer, session },
+            self.rtc_tx.clone(),
+        )
+        .await
+    }
+
+    /// Stores a new connection and its local description, or fails the attempt.
+    fn install(
+        &mut self,
+        peer: PeerId,
+        session: SessionId,
+        result: Result<(PeerConnection, String), RtcError>,
+    ) {
+        let Some(entry) = self.peers.get_mut(&peer) else { return };
+        if let Some((_, old)) = entry.connection.take() {
+            tokio::spawn(async move { old.close().await });
+        }
+        match result {
+            Ok((pc, sdp)) => {
+                entry.connection = Some((session, pc));
+                entry.negotiation.handle_local_description(session, sdp);
+            }
+            Err(error) => {
+                tracing::warn!(%peer, %error, "peer connection setup failed");
+                entry.negotiation.handle_failed(session, Instant::now());
+            }
+        }
+    }
+
+    async fn handle_rtc_event(&mut self, tag: PeerTag, event: RtcEvent) {
+        let PeerTag { peer, session } = tag;
+        let Some(entry) = self.peers.get_mut(&peer) else { return };
+        let current = entry.negotiation.session() == Some(session);
+        match event {
+            RtcEvent::LocalCandidate(candidate) => {
+                entry.negotiation.handle_local_candidate(session, candidate)
+            }
+            RtcEvent::GatheringComplete => entry.negotiation.handle_end_of_candidates(session),
+            RtcEvent::ChannelOpen(channel) if current => {
+                entry.negotiation.handle_connected(session);
+                entry.open = true;
+                entry.left_reported = false;
+                self.channels
+                    .write()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .insert(peer, channel);
+                let elapsed = self.joined_at.elapsed();
+                self.emit(RoomEvent::ChannelOpen { peer, elapsed }).await;
+            }
+            RtcEvent::Message(data) => self.emit(RoomEvent::Message { peer, data }).await,
+            RtcEvent::ChannelClosed | RtcEvent::Failed(_) if current => {
+                let was_open = std::mem::take(&mut entry.open);
+                entry.negotiation.handle_failed(session, Instant::now());
+                if was_open {
+                    self.channels
+                        .write()
+                        .unwrap_or_else(PoisonError::into_inner)
+                        .remove(&peer);
+                    entry.left_reported = true;
+                    self.emit(RoomEvent::PeerLeft { peer }).await;
+                }
+            }
+            _ => {}
+        }
+    }
+
+    fn handle_topic_event(&mut self, event: TopicEvent) {
+        match event {
+            TopicEvent::PeerSubscribed { peer } => {
+                if peer != self.local {
+                    self.discover(peer, Discovery::Gossipsub);
+                    // The newcomer missed our earlier announcement.
+                    self.announce_presence();
+                }
+            }
+            TopicEvent::Message { data, .. } => {
+                let Some(envelope) = self.accept_envelope(&data) else { return };
+                let from = envelope.from;
+                match envelope.body {
+                    Body::Presence => self.discover(from, Discovery::Gossipsub),
+                    Body::Leave => self.remove_peer(from),
+                    _ => {
+                        self.discover(from, Discovery::Gossipsub);
+                        self.apply_remote(&envelope);
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+
+    fn handle_internal(&mut self, internal: Internal) {
+        match internal {
+            Internal::Providers(providers) => {
+                self.discovery_in_flight = false;
+                for peer in providers {
+                    if peer != self.local {
+                        self.discover(peer, Discovery::Dht);
+                    }
+                }
+            }
+            Internal::Fetched { peer, values } => {
+                let mut envelopes: Vec<Envelope> = values
+                    .iter()
+                    .filter_map(|v| self.accept_envelope(v))
+                    .filter(|e| e.from == peer)
+                    .collect();
+                envelopes.sort_by_key(|e| (e.created_at, e.seq));
+                for envelope in envelopes {
+                    self.apply_remote(&envelope);
+                }
+            }
+        }
+    }
+
+    /// Decodes and checks an envelope from the network; `None` (with a log line) when it is
+    /// invalid, `None` (silently) when it is our own or for another member of the room.
+    fn accept_envelope(&self, data: &[u8]) -> Option<Envelope> {
+        let envelope = match Envelope::decode(data, unix_ms()) {
+            Ok(envelope) => envelope,
+            Err(error) => {
+                tracing::warn!(%error, "ignored invalid envelope");
+                return None;
+            }
+        };
+        if envelope.from == self.local {
+            return None;
+        }
+        match envelope.check_addressed(&self.room, &self.local) {
+            Ok(()) => Some(envelope),
+            Err(EnvelopeError::WrongRecipient) => None,
+            Err(error) => {
+                tracing::warn!(from = %envelope.from, %error, "ignored envelope");
+                None
+            }
+        }
+    }
+
+    fn apply_remote(&mut self, envelope: &Envelope) {
+        if let Some(entry) = self.peers.get_mut(&envelope.from) {
+            let disposition = entry.negotiation.handle_remote(envelope, Instant::now());
+            tracing::trace!(from = %envelope.from, seq = envelope.seq, ?disposition, "envelope");
+        }
+    }
+
+    fn discover(&mut self, peer: PeerId, via: Discovery) {
+        if self.peers.contains_key(&peer) {
+            return;
+        }
+        if self.peers.len() >= self.config.max_peers {
+            tracing::warn!(%peer, max = self.config.max_peers, "room is full; peer ignored");
+            return;
+        }
+        let (mailbox, mailbox_rx) = watch::channel(None);
+        tokio::spawn(write_mailbox(
+            self.node.dht.clone(),
+            self.room.mailbox_key(&self.local, &peer),
+            self.config.envelope_ttl,
+            mailbox_rx,
+        ));
+        let negotiation = Negotiation::new(
+            &self.local,
+            peer,
+            self.config.negotiation.clone(),
+            Instant::now(),
+        );
+        self.peers.insert(
+            peer,
+            PeerEntry {
+                negotiation,
+                connection: None,
+                open: false,
+                left_reported: false,
+                mailbox,
+            },
+        );
+        let event = RoomEvent::PeerDiscovered { peer, via };
+        if self.events.try_send(event).is_err() {
+            tracing::warn!(%peer, "event queue full; discovery not reported");
+        }
+    }
+
+    fn remove_peer(&mut self, peer: PeerId) {
+        let Some(entry) = self.peers.remove(&peer) else { return };
+        if let Some((_, pc)) = entry.connection {
+            tokio::spawn(async move { pc.close().await });
+        }
+        self.channels
+            .write()
+            .unwrap_or_else(PoisonError::into_inner)
+            .remove(&peer);
+        if !entry.left_reported && self.events.try_send(RoomEvent::PeerLeft { peer }).is_err() {
+            tracing::warn!(%peer, "event queue full; departure not reported");
+        }
+    }
+
+    fn start_discovery(&mut self, now: Instant) {
+        self.discovery_in_flight = true;
+        self.next_discovery = now + self.discovery_interval;
+        self.discovery_interval = (self.discovery_interval * 2).min(self.config.discovery_max);
+        let dht = self.node.dht.clone();
+        let key = self.room.presence_key();
+        let internal = self.internal_tx.clone();
+        tokio::spawn(async move {
+            let providers = dht.get_providers(key).await.unwrap_or_default();
+            let _ = internal.send(Internal::Providers(providers)).await;
+        });
+    }
+
+    fn announce_presence(&self) {
+        let envelope = self.envelope(None, SessionId::from_bytes([0; 16]), 0, Body::Presence);
+        match envelope.sign(&self.node.keypair) {
+            Ok(bytes) => self.publish_on_topic(bytes),
+            Err(error) => tracing::warn!(%error, "presence not announced"),
+        }
+    }
+
+    fn publish_on_topic(&self, bytes: Vec<u8>) {
+        let dht = self.node.dht.clone();
+        let topic = self.topic.clone();
+        tokio::spawn(async move {
+            if let Err(error) = dht.publish(topic, bytes).await {
+                // Normal before any room member is connected; mailboxes carry the state.
+                tracing::debug!(%error, "topic publish");
+            }
+        });
+    }
+
+    fn envelope(&self, to: Option<PeerId>, session: SessionId, seq: u64, body: Body) -> Envelope {
+        let now = unix_ms();
+        Envelope {
+            version: ENVELOPE_VERSION,
+            room_id: self.room,
+            from: self.local,
+            to,
+            session,
+            seq,
+            created_at: now,
+            expires_at: now.saturating_add(
+                u64::try_from(self.config.envelope_ttl.as_millis()).unwrap_or(u64::MAX),
+            ),
+            body,
+        }
+    }
+
+    async fn emit(&self, event: RoomEvent) {
+        // The application dropped the room handle; the room is shutting down.
+        let _ = self.events.send(event).await;
+    }
+
+    async fn shutdown(&mut self) {
+        let leave = self.envelope(None, SessionId::from_bytes([0; 16]), 0, Body::Leave);
+        if let Ok(bytes) = leave.sign(&self.node.keypair) {
+            let publish = self.node.dht.publish(self.topic.clone(), bytes);
+            if let Ok(Err(error)) = tokio::time::timeout(LEAVE_TIMEOUT, publish).await {
+                tracing::debug!(%error, "leave announcement");
+            }
+        }
+        self.node.dht.stop_providing(self.room.presence_key()).await;
+        self.node.dht.unsubscribe(self.topic.clone()).await;
+        self.channels
+            .write()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clear();
+        let closing: Vec<_> = self
+            .peers
+            .drain()
+            .filter_map(|(_, entry)| entry.connection.map(|(_, pc)| pc))
+            .collect();
+        let close_all = futures::future::join_all(closing.iter().map(PeerConnection::close));
+        let _ = tokio::time::timeout(LEAVE_TIMEOUT, close_all).await;
+    }
+}
+
+/// Puts the latest envelope for one remote peer into its mailbox record, one put at a time,
+/// so that storing nodes see increasing `seq`. Ends when the peer entry is dropped.
+async fn write_mailbox(
+    dht: DhtHandle,
+    key: Vec<u8>,
+    ttl: Duration,
+    mut latest: watch::Receiver<Option<Vec<u8>>>,
+) {
+    while latest.changed().await.is_ok() {
+        let value = latest.borrow_and_update().clone();
+        if let Some(value) = value {
+            if let Err(error) = dht.put_record(key.clone(), value, ttl).await {
+                tracing::debug!(%error, "mailbox put");
+            }
+        }
+    }
+}
+
+fn retry_text(retry_in: Option<Duration>) -> String {
+    match retry_in {
+        Some(delay) => format!("; retrying in {} ms", delay.as_millis()),
+        None => "; waiting for a new offer".into(),
+    }
+}
+
+/// Milliseconds since the Unix epoch (0 if the clock is before 1970).
+pub(crate) fn unix_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+        .unwrap_or(0)
+}

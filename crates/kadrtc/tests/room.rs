@@ -1,0 +1,85 @@
+//! In-process rooms on 127.0.0.1: members bootstrapped from different nodes find each other
+//! and exchange messages over the data channel.
+
+use std::time::Duration;
+
+use kadrtc::{Node, PeerId, Room, RoomEvent};
+use tokio::time::timeout;
+
+async fn node(bootstrap: Option<&Node>) -> Node {
+    let mut builder = Node::builder().listen("/ip4/127.0.0.1/tcp/0".parse().unwrap());
+    if let Some(b) = bootstrap {
+        builder = builder.bootstrap(b.listen_addrs()[0].clone());
+    }
+    builder.build().await.unwrap()
+}
+
+/// Waits for the channel-open event and returns the peer.
+async fn wait_open(room: &mut Room) -> PeerId {
+    loop {
+        match room.next_event().await.expect("room is open") {
+            RoomEvent::ChannelOpen { peer, .. } => return peer,
+            _ => continue,
+        }
+    }
+}
+
+async fn wait_message(room: &mut Room) -> (PeerId, Vec<u8>) {
+    loop {
+        match room.next_event().await.expect("room is open") {
+            RoomEvent::Message { peer, data } => return (peer, data),
+            _ => continue,
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn members_bootstrapped_from_different_nodes_connect_and_talk() {
+    let first = node(None).await;
+    let second = node(Some(&first)).await;
+    let a = node(Some(&first)).await;
+    let b = node(Some(&second)).await;
+    let mut room_a = a.join("lobby").await.unwrap();
+    let mut room_b = b.join("lobby").await.unwrap();
+
+    let deadline = Duration::from_secs(30);
+    let (open_a, open_b) = timeout(deadline, async {
+        tokio::join!(wait_open(&mut room_a), wait_open(&mut room_b))
+    })
+    .await
+    .expect("both channels open within the deadline");
+    assert_eq!(open_a, b.peer_id());
+    assert_eq!(open_b, a.peer_id());
+
+    room_a.send(b.peer_id(), b"hello from a").await.unwrap();
+    assert_eq!(room_b.broadcast(b"hello from b").await, 1);
+    let (got_a, got_b) = timeout(deadline, async {
+        tokio::join!(wait_message(&mut room_a), wait_message(&mut room_b))
+    })
+    .await
+    .expect("messages arrive within the deadline");
+    assert_eq!(got_a, (b.peer_id(), b"hello from b".to_vec()));
+    assert_eq!(got_b, (a.peer_id(), b"hello from a".to_vec()));
+
+    room_a.leave().await;
+    let left = timeout(deadline, async {
+        loop {
+            match room_b.next_event().await.expect("room is open") {
+                RoomEvent::PeerLeft { peer } => return peer,
+                _ => continue,
+            }
+        }
+    })
+    .await
+    .expect("departure is reported");
+    assert_eq!(left, a.peer_id());
+}
+
+#[tokio::test]
+async fn invalid_room_name_is_refused() {
+    let lone = node(None).await;
+    assert!(matches!(
+        lone.join("").await,
+        Err(kadrtc::JoinError::RoomName(_))
+    ));
+}
