@@ -1,0 +1,170 @@
+//! `kadrtc`: run a long-lived DHT node, or join a room and chat with every member over direct
+//! WebRTC data channels.
+
+mod identity;
+mod output;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context as _;
+use clap::{Args, Parser, Subcommand};
+use kadrtc::{Multiaddr, Node};
+use tokio::io::{AsyncBufReadExt as _, BufReader};
+
+use crate::output::Output;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "kadrtc",
+    version,
+    about = "Decentralized WebRTC signaling: peers meet in a room through a libp2p DHT and talk over direct data channels",
+    long_about = None,
+    after_help = "Logs go to stderr; set RUST_LOG (for example RUST_LOG=debug) for more."
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run a long-lived DHT node (bootstrap and storage for others) until Ctrl-C.
+    Node(CommonArgs),
+    /// Join ROOM, open a channel to every member, send each stdin line to all of them and
+    /// print what they send. End of stdin or Ctrl-C leaves the room.
+    Join(JoinArgs),
+}
+
+#[derive(Debug, Args)]
+struct CommonArgs {
+    /// Address to listen on (repeatable).
+    #[arg(long, value_name = "MULTIADDR", value_parser = parse_multiaddr, default_value = "/ip4/0.0.0.0/tcp/0")]
+    listen: Vec<Multiaddr>,
+    /// Node to join the network through, ending in /p2p/<PeerId> (repeatable).
+    #[arg(long, value_name = "MULTIADDR", value_parser = parse_multiaddr)]
+    bootstrap: Vec<Multiaddr>,
+    /// File holding this node's identity key (libp2p protobuf encoding); created if missing.
+    /// Without it a fresh identity is used for this run.
+    #[arg(long, value_name = "FILE")]
+    identity: Option<PathBuf>,
+    /// Print one JSON object per line on stdout instead of text.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Debug, Args)]
+struct JoinArgs {
+    /// The room name: everyone who uses the same name meets.
+    room: String,
+    #[command(flatten)]
+    common: CommonArgs,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+        )
+        .init();
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            eprintln!("kadrtc: error: cannot start the async runtime: {error}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let json = match &cli.command {
+        Command::Node(args) => args.json,
+        Command::Join(args) => args.common.json,
+    };
+    let out = Output::new(json);
+    let result = runtime.block_on(async {
+        match cli.command {
+            Command::Node(args) => run_node(args, &out).await,
+            Command::Join(args) => run_join(args, &out).await,
+        }
+    });
+    // Do not wait for the blocking stdin reader thread.
+    runtime.shutdown_background();
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            out.error(&format!("{error:#}"));
+            eprintln!("kadrtc: error: {error:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn start_node(args: &CommonArgs) -> anyhow::Result<Node> {
+    let mut builder = Node::builder();
+    if let Some(path) = &args.identity {
+        builder = builder.identity(identity::load_or_create(path)?);
+    }
+    for addr in &args.listen {
+        builder = builder.listen(addr.clone());
+    }
+    for addr in &args.bootstrap {
+        builder = builder.bootstrap(addr.clone());
+    }
+    builder.build().await.context("cannot start the node")
+}
+
+async fn run_node(args: CommonArgs, out: &Output) -> anyhow::Result<()> {
+    let node = start_node(&args).await?;
+    out.ready(&node);
+    tokio::signal::ctrl_c()
+        .await
+        .context("cannot wait for Ctrl-C")?;
+    Ok(())
+}
+
+async fn run_join(args: JoinArgs, out: &Output) -> anyhow::Result<()> {
+    let node = start_node(&args.common).await?;
+    out.ready(&node);
+    if args.common.bootstrap.is_empty() {
+        tracing::warn!("no --bootstrap given: only peers that connect to this node can be found");
+    }
+    let mut room = node
+        .join(&args.room)
+        .await
+        .with_context(|| format!("cannot join room {:?}", args.room))?;
+    out.joined(&args.room);
+    let mut lines = BufReader::new(tokio::io::stdin()).lines();
+    let mut stdin_open = true;
+    loop {
+        tokio::select! {
+            line = lines.next_line(), if stdin_open => match line {
+                Ok(Some(line)) => {
+                    if room.broadcast(line.as_bytes()).await == 0 {
+                        out.error("no open channel yet; message not sent");
+                    }
+                }
+                Ok(None) => stdin_open = false,
+                Err(error) => {
+                    tracing::warn!(%error, "cannot read stdin");
+                    stdin_open = false;
+                }
+            },
+            event = room.next_event() => match event {
+                Some(event) => out.room_event(&event),
+                None => break,
+            },
+            _ = tokio::signal::ctrl_c() => break,
+        }
+        if !stdin_open {
+            break;
+        }
+    }
+    room.leave().await;
+    Ok(())
+}
+
+fn parse_multiaddr(text: &str) -> Result<Multiaddr, String> {
+    text.parse()
+        .map_err(|error| format!("invalid multiaddr {text:?} ({error}); expected for example /ip4/127.0.0.1/tcp/4001/p2p/12D3KooW..."))
+}

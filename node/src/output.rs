@@ -1,0 +1,108 @@
+//! What `kadrtc` prints on stdout: text for people, or one JSON object per line with
+//! `--json`.
+
+use std::io::Write as _;
+
+use kadrtc::{Discovery, Node, RoomEvent};
+use serde_json::{json, Value};
+
+/// Prints events as text or JSON lines.
+pub struct Output {
+    json: bool,
+}
+
+impl Output {
+    pub fn new(json: bool) -> Self {
+        Self { json }
+    }
+
+    pub fn ready(&self, node: &Node) {
+        let listen: Vec<String> = node.listen_addrs().iter().map(ToString::to_string).collect();
+        if self.json {
+            self.line(json!({"event": "ready", "peer_id": node.peer_id().to_string(), "listen": listen}));
+        } else {
+            self.text(&format!("peer id {}", node.peer_id()));
+            for addr in listen {
+                self.text(&format!("listening on {addr}"));
+            }
+        }
+    }
+
+    pub fn joined(&self, room: &str) {
+        if !self.json {
+            self.text(&format!("* joined room {room:?}; type a line and press Enter to send it to everyone"));
+        }
+    }
+
+    pub fn room_event(&self, event: &RoomEvent) {
+        match event {
+            RoomEvent::PeerDiscovered { peer, via } => {
+                let via = match via {
+                    Discovery::Dht => "dht",
+                    _ => "gossipsub",
+                };
+                if self.json {
+                    self.line(json!({"event": "peer_discovered", "peer_id": peer.to_string(), "via": via}));
+                } else {
+                    self.text(&format!("* discovered {peer} via {via}"));
+                }
+            }
+            RoomEvent::ChannelOpen { peer, elapsed } => {
+                let elapsed_ms = elapsed.as_millis();
+                if self.json {
+                    self.line(json!({"event": "channel_open", "peer_id": peer.to_string(), "elapsed_ms": elapsed_ms}));
+                } else {
+                    self.text(&format!("* channel open to {peer} ({elapsed_ms} ms after joining)"));
+                }
+            }
+            RoomEvent::Message { peer, data } => {
+                let text = String::from_utf8_lossy(data);
+                if self.json {
+                    self.line(json!({"event": "message", "peer_id": peer.to_string(), "text": text}));
+                } else {
+                    self.text(&format!("<{}> {text}", short(&peer.to_string())));
+                }
+            }
+            RoomEvent::PeerLeft { peer } => {
+                if self.json {
+                    self.line(json!({"event": "peer_left", "peer_id": peer.to_string()}));
+                } else {
+                    self.text(&format!("* {peer} left"));
+                }
+            }
+            RoomEvent::Error { peer, error } => {
+                let message = match peer {
+                    Some(peer) => format!("{peer}: {error}"),
+                    None => error.to_string(),
+                };
+                self.error(&message);
+            }
+            other => tracing::debug!(?other, "event not shown"),
+        }
+    }
+
+    /// An error event in JSON mode; text mode leaves errors to stderr.
+    pub fn error(&self, message: &str) {
+        if self.json {
+            self.line(json!({"event": "error", "message": message}));
+        } else {
+            eprintln!("kadrtc: {message}");
+        }
+    }
+
+    fn line(&self, value: Value) {
+        self.text(&value.to_string());
+    }
+
+    fn text(&self, text: &str) {
+        let mut stdout = std::io::stdout().lock();
+        // A closed stdout (the reader went away) is not worth crashing for.
+        let _ = writeln!(stdout, "{text}");
+        let _ = stdout.flush();
+    }
+}
+
+/// The last 8 characters of a PeerId, enough to tell room members apart in chat.
+fn short(peer: &str) -> &str {
+    &peer[peer.len().saturating_sub(8)..]
+}
