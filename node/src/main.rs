@@ -14,6 +14,9 @@ use tokio::io::{AsyncBufReadExt as _, BufReader};
 
 use crate::output::Output;
 
+/// Log filter when `RUST_LOG` is unset: warnings, but not webrtc-rs's routine ones.
+const DEFAULT_LOG_FILTER: &str = "warn,rtc=error,rtc_dtls=error,rtc_ice=error,rtc_sctp=error,webrtc=error";
+
 #[derive(Debug, Parser)]
 #[command(
     name = "kadrtc",
@@ -67,7 +70,7 @@ fn main() -> ExitCode {
         .with_writer(std::io::stderr)
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(DEFAULT_LOG_FILTER)),
         )
         .init();
     let runtime = match tokio::runtime::Runtime::new() {

@@ -1,0 +1,382 @@
+//! Whole-process tests: the real `kadrtc` binary on 127.0.0.1, driven through stdin and read
+//! through its `--json` stdout, with deadlines on every wait.
+
+use std::collections::HashMap;
+use std::io::{BufRead as _, BufReader, Write as _};
+use std::path::PathBuf;
+use std::process::{Child, ChildStdin, Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use kadrtc_dht::{DhtConfig, DhtHandle};
+use kadrtc_proto::{Body, Envelope, Keypair, PeerId, RoomName, SessionId, Signal, ENVELOPE_VERSION};
+use serde_json::Value;
+
+const DEADLINE: Duration = Duration::from_secs(60);
+
+/// One running `kadrtc` process.
+struct Proc {
+    name: String,
+    child: Child,
+    stdin: Option<ChildStdin>,
+    events: mpsc::Receiver<Value>,
+    /// Every event read so far, in order.
+    seen: Vec<Value>,
+    /// Events read but not yet matched by a wait.
+    backlog: Vec<Value>,
+    stderr: PathBuf,
+}
+
+impl Proc {
+    fn spawn(name: &str, args: &[&str]) -> Self {
+        let dir = std::env::temp_dir().join(format!("kadrtc-test-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let stderr = dir.join(format!("{name}.log"));
+        let mut child = Command::new(env!("CARGO_BIN_EXE_kadrtc"))
+            .args(args)
+            .env("RUST_LOG", "warn")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(std::fs::File::create(&stderr).unwrap())
+            .spawn()
+            .expect("kadrtc binary starts");
+        let stdout = child.stdout.take().unwrap();
+        let (tx, events) = mpsc::channel();
+        let label = name.to_string();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines() {
+                let Ok(line) = line else { return };
+                match serde_json::from_str::<Value>(&line) {
+                    Ok(value) => {
+                        if tx.send(value).is_err() {
+                            return;
+                        }
+                    }
+                    Err(_) => panic!("{label}: stdout line is not JSON: {line}"),
+                }
+            }
+        });
+        Self {
+            name: name.to_string(),
+            stdin: child.stdin.take(),
+            child,
+            events,
+            seen: Vec::new(),
+            backlog: Vec::new(),
+            stderr,
+        }
+    }
+
+    fn node(name: &str, bootstrap: Option<&str>) -> Self {
+        let mut args = vec!["node", "--listen", "/ip4/127.0.0.1/tcp/0", "--json"];
+        if let Some(b) = bootstrap {
+            args.extend(["--bootstrap", b]);
+        }
+        Self::spawn(name, &args)
+    }
+
+    fn join(name: &str, room: &str, bootstrap: &str) -> Self {
+        Self::spawn(
+            name,
+            &[
+                "join", room, "--listen", "/ip4/127.0.0.1/tcp/0", "--bootstrap", bootstrap, "--json",
+            ],
+        )
+    }
+
+    /// Takes the first event not matched by an earlier wait that satisfies `pred`, waiting
+    /// for it if needed.
+    fn wait_for(&mut self, what: &str, pred: impl Fn(&Value) -> bool) -> Value {
+        if let Some(i) = self.backlog.iter().position(&pred) {
+            return self.backlog.remove(i);
+        }
+        let end = Instant::now() + DEADLINE;
+        loop {
+            let left = end.saturating_duration_since(Instant::now());
+            match self.events.recv_timeout(left) {
+                Ok(event) => {
+                    self.seen.push(event.clone());
+                    if pred(&event) {
+                        return event;
+                    }
+                    self.backlog.push(event);
+                }
+                Err(_) => panic!(
+                    "{}: no {what} within {DEADLINE:?}; saw {:?}; stderr:\n{}",
+                    self.name,
+                    self.seen,
+                    self.log()
+                ),
+            }
+        }
+    }
+
+    fn wait_event(&mut self, name: &str) -> Value {
+        self.wait_for(name, |e| e["event"] == name)
+    }
+
+    /// The ready event's peer id and first listen address.
+    fn ready(&mut self) -> (String, String) {
+        let ready = self.wait_event("ready");
+        let addr = ready["listen"][0].as_str().unwrap().to_string();
+        assert!(addr.ends_with(&format!("/p2p/{}", ready["peer_id"].as_str().unwrap())));
+        (ready["peer_id"].as_str().unwrap().to_string(), addr)
+    }
+
+    fn say(&mut self, line: &str) {
+        let stdin = self.stdin.as_mut().expect("stdin open");
+        writeln!(stdin, "{line}").unwrap();
+        stdin.flush().unwrap();
+    }
+
+    /// Closes stdin, waits for a clean exit and collects the remaining events.
+    fn finish(mut self) -> Vec<Value> {
+        drop(self.stdin.take());
+        let end = Instant::now() + Duration::from_secs(20);
+        let status = loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                break status;
+            }
+            assert!(Instant::now() < end, "{}: did not exit after end of stdin", self.name);
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        assert!(status.success(), "{}: exit {status}; stderr:\n{}", self.name, self.log());
+        while let Ok(event) = self.events.recv_timeout(Duration::from_secs(1)) {
+            self.seen.push(event);
+        }
+        std::mem::take(&mut self.seen)
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(&self.stderr).unwrap_or_default()
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Starts `n` nodes, each bootstrapped from the first; returns them with their addresses.
+fn network(n: usize) -> (Vec<Proc>, Vec<String>) {
+    let mut first = Proc::node("node1", None);
+    let (_, first_addr) = first.ready();
+    let mut nodes = vec![first];
+    let mut addrs = vec![first_addr.clone()];
+    for i in 2..=n {
+        let mut node = Proc::node(&format!("node{i}"), Some(&first_addr));
+        addrs.push(node.ready().1);
+        nodes.push(node);
+    }
+    (nodes, addrs)
+}
+
+fn room_name(test: &str) -> String {
+    let nanos = SystemTime::now().duration_since(UNIX_EPOCH).unwrap().subsec_nanos();
+    format!("{test}-{}-{nanos}", std::process::id())
+}
+
+fn is_message_from(event: &Value, peer: &str, text: &str) -> bool {
+    event["event"] == "message" && event["peer_id"] == peer && event["text"] == text
+}
+
+#[test]
+fn two_joiners_bootstrapped_from_different_nodes_of_five_exchange_messages_both_ways() {
+    let (_nodes, addrs) = network(5);
+    let room = room_name("pair");
+    let mut a = Proc::join("a", &room, &addrs[1]);
+    let mut b = Proc::join("b", &room, &addrs[3]);
+    let (a_id, _) = a.ready();
+    let (b_id, _) = b.ready();
+
+    let discovered = a.wait_event("peer_discovered");
+    assert_eq!(discovered["peer_id"], b_id.as_str());
+    assert!(matches!(discovered["via"].as_str(), Some("dht" | "gossipsub")));
+    let open_a = a.wait_event("channel_open");
+    let open_b = b.wait_event("channel_open");
+    assert_eq!(open_a["peer_id"], b_id.as_str());
+    assert_eq!(open_b["peer_id"], a_id.as_str());
+    assert!(open_a["elapsed_ms"].as_u64().is_some());
+
+    a.say("hello from a");
+    b.say("hello from b");
+    b.wait_for("a's message", |e| is_message_from(e, &a_id, "hello from a"));
+    a.wait_for("b's message", |e| is_message_from(e, &b_id, "hello from b"));
+
+    // a leaves (end of stdin); b is told.
+    a.finish();
+    b.wait_for("a leaving", |e| e["event"] == "peer_left" && e["peer_id"] == a_id.as_str());
+}
+
+#[test]
+fn room_of_three_connects_every_pair_exactly_once_and_every_message_reaches_the_other_two() {
+    let (_nodes, addrs) = network(3);
+    let room = room_name("trio");
+    let mut joiners: Vec<Proc> = (0..3)
+        .map(|i| Proc::join(&format!("j{i}"), &room, &addrs[i]))
+        .collect();
+    let ids: Vec<String> = joiners.iter_mut().map(|j| j.ready().0).collect();
+
+    for j in joiners.iter_mut() {
+        j.wait_event("channel_open");
+        j.wait_event("channel_open");
+    }
+    for (i, j) in joiners.iter_mut().enumerate() {
+        j.say(&format!("hello from {i}"));
+    }
+    for (i, j) in joiners.iter_mut().enumerate() {
+        for (k, id) in ids.iter().enumerate().filter(|(k, _)| *k != i) {
+            let text = format!("hello from {k}");
+            j.wait_for(&text, |e| is_message_from(e, id, &text));
+        }
+    }
+
+    let mut all_events = Vec::new();
+    for j in joiners {
+        all_events.push(j.finish());
+    }
+    for (i, events) in all_events.iter().enumerate() {
+        let mut opens: HashMap<&str, usize> = HashMap::new();
+        for e in events.iter().filter(|e| e["event"] == "channel_open") {
+            *opens.entry(e["peer_id"].as_str().unwrap()).or_default() += 1;
+        }
+        let expected: HashMap<&str, usize> = ids
+            .iter()
+            .enumerate()
+            .filter(|(k, _)| *k != i)
+            .map(|(_, id)| (id.as_str(), 1))
+            .collect();
+        assert_eq!(opens, expected, "joiner {i} opened exactly one channel per other member");
+    }
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_millis() as u64
+}
+
+/// An offer from `from` to `to` whose signature has one bit flipped.
+fn forged_offer(from: &Keypair, to: PeerId, room: &str) -> (Vec<u8>, Vec<u8>) {
+    let envelope = Envelope {
+        version: ENVELOPE_VERSION,
+        room_id: RoomName::new(room).unwrap().id(),
+        from: from.public().to_peer_id(),
+        to: Some(to),
+        session: SessionId::random(),
+        seq: 1,
+        created_at: now_ms(),
+        expires_at: now_ms() + 60_000,
+        body: Body::Offer(Signal {
+            sdp: "v=0\r\n".into(),
+            candidates: vec![],
+            end_of_candidates: true,
+        }),
+    };
+    let mut bytes = envelope.sign(from).unwrap();
+    let last = bytes.len() - 1;
+    bytes[last] ^= 1;
+    (envelope.room_id.mailbox_key(&envelope.from, &to), bytes)
+}
+
+async fn client(bootstrap: &str, key: Keypair) -> DhtHandle {
+    DhtHandle::spawn(
+        DhtConfig::new(key)
+            .with_listen("/ip4/127.0.0.1/tcp/0".parse().unwrap())
+            .with_bootstrap(bootstrap.parse().unwrap()),
+    )
+    .await
+    .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forged_envelope_is_refused_by_the_storing_node_and_ignored_by_the_joiner() {
+    const TTL: Duration = Duration::from_secs(60);
+    let mut node = Proc::node("storer", None);
+    let (_, node_addr) = node.ready();
+    let room = room_name("forged");
+    let mut joiner = Proc::join("joiner", &room, &node_addr);
+    let (joiner_id, _) = joiner.ready();
+    let joiner_peer: PeerId = joiner_id.parse().unwrap();
+
+    // The attacker writes a forged offer (claimed sender: a third identity) into the mailbox
+    // for the joiner, plus a valid record elsewhere as a control.
+    let attacker_key = Keypair::generate_ed25519();
+    let attacker = client(&node_addr, attacker_key.clone()).await;
+    let forger = Keypair::generate_ed25519();
+    let forger_id = forger.public().to_peer_id().to_string();
+    let (forged_key, forged) = forged_offer(&forger, joiner_peer, &room);
+    let _ = attacker.put_record(forged_key.clone(), forged.clone(), TTL).await;
+    let control = Envelope {
+        body: Body::Presence,
+        ..Envelope::decode(
+            &{
+                let (_, mut b) = forged_offer(&attacker_key, PeerId::random(), &room);
+                let last = b.len() - 1;
+                b[last] ^= 1; // undo the forgery: a valid envelope
+                b
+            },
+            now_ms(),
+        )
+        .unwrap()
+    };
+    let control_key = control.room_id.mailbox_key(&control.from, &control.to.unwrap());
+    attacker
+        .put_record(control_key.clone(), control.sign(&attacker_key).unwrap(), TTL)
+        .await
+        .unwrap();
+
+    // The same forged offer on the room topic, reaching the joiner directly.
+    let topic = RoomName::new(room.as_str()).unwrap().id().topic();
+    let _sub = attacker.subscribe(topic.clone()).await.unwrap();
+    let presence = RoomName::new(room.as_str()).unwrap().id().presence_key();
+    let end = Instant::now() + DEADLINE;
+    loop {
+        // get_providers dials the joiner; publish succeeds once it knows our subscription.
+        let _ = attacker.get_providers(presence.clone()).await;
+        if attacker.publish(topic.clone(), forged.clone()).await.is_ok() {
+            break;
+        }
+        assert!(Instant::now() < end, "attacker never reached the joiner's topic");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    drop(attacker);
+
+    // A reader that never held either record asks the network.
+    let reader = client(&node_addr, Keypair::generate_ed25519()).await;
+    let end = Instant::now() + DEADLINE;
+    while reader.get_record(control_key.clone()).await.unwrap().is_empty() {
+        assert!(Instant::now() < end, "the control record is never found");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(
+        reader.get_record(forged_key).await.unwrap().is_empty(),
+        "no node stored the forged record"
+    );
+
+    // Both the node and the joiner said why, in a log line.
+    let end = Instant::now() + DEADLINE;
+    while !(node.log().contains("rejected record") && joiner.log().contains("does not verify")) {
+        assert!(
+            Instant::now() < end,
+            "expected rejection log lines; node:\n{}\njoiner:\n{}",
+            node.log(),
+            joiner.log()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    // The joiner still works: an honest peer connects to it.
+    let mut honest = Proc::join("honest", &room, &node_addr);
+    let (honest_id, _) = honest.ready();
+    joiner.wait_for("channel to the honest peer", |e| {
+        e["event"] == "channel_open" && e["peer_id"] == honest_id.as_str()
+    });
+    honest.wait_event("channel_open");
+    drop(honest);
+    let events = joiner.finish();
+    assert!(
+        events.iter().all(|e| e["event"] != "error" && !e.to_string().contains(&forger_id)),
+        "the forged envelope produced no event: {events:?}"
+    );
+}
