@@ -15,7 +15,8 @@ use tokio::io::{AsyncBufReadExt as _, BufReader};
 use crate::output::Output;
 
 /// Log filter when `RUST_LOG` is unset: warnings, but not webrtc-rs's routine ones.
-const DEFAULT_LOG_FILTER: &str = "warn,rtc=error,rtc_dtls=error,rtc_ice=error,rtc_sctp=error,webrtc=error";
+const DEFAULT_LOG_FILTER: &str =
+    "warn,rtc=error,rtc_dtls=error,rtc_ice=error,rtc_sctp=error,webrtc=error";
 
 #[derive(Debug, Parser)]
 #[command(

@@ -17,9 +17,15 @@ impl Output {
     }
 
     pub fn ready(&self, node: &Node) {
-        let listen: Vec<String> = node.listen_addrs().iter().map(ToString::to_string).collect();
+        let listen: Vec<String> = node
+            .listen_addrs()
+            .iter()
+            .map(ToString::to_string)
+            .collect();
         if self.json {
-            self.line(json!({"event": "ready", "peer_id": node.peer_id().to_string(), "listen": listen}));
+            self.line(
+                json!({"event": "ready", "peer_id": node.peer_id().to_string(), "listen": listen}),
+            );
         } else {
             self.text(&format!("peer id {}", node.peer_id()));
             for addr in listen {
@@ -30,7 +36,9 @@ impl Output {
 
     pub fn joined(&self, room: &str) {
         if !self.json {
-            self.text(&format!("* joined room {room:?}; type a line and press Enter to send it to everyone"));
+            self.text(&format!(
+                "* joined room {room:?}; type a line and press Enter to send it to everyone"
+            ));
         }
     }
 
@@ -52,13 +60,17 @@ impl Output {
                 if self.json {
                     self.line(json!({"event": "channel_open", "peer_id": peer.to_string(), "elapsed_ms": elapsed_ms}));
                 } else {
-                    self.text(&format!("* channel open to {peer} ({elapsed_ms} ms after joining)"));
+                    self.text(&format!(
+                        "* channel open to {peer} ({elapsed_ms} ms after joining)"
+                    ));
                 }
             }
             RoomEvent::Message { peer, data } => {
                 let text = String::from_utf8_lossy(data);
                 if self.json {
-                    self.line(json!({"event": "message", "peer_id": peer.to_string(), "text": text}));
+                    self.line(
+                        json!({"event": "message", "peer_id": peer.to_string(), "text": text}),
+                    );
                 } else {
                     self.text(&format!("<{}> {text}", short(&peer.to_string())));
                 }

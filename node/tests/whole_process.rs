@@ -9,7 +9,9 @@ use std::sync::mpsc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use kadrtc_dht::{DhtConfig, DhtHandle};
-use kadrtc_proto::{Body, Envelope, Keypair, PeerId, RoomName, SessionId, Signal, ENVELOPE_VERSION};
+use kadrtc_proto::{
+    Body, Envelope, Keypair, PeerId, RoomName, SessionId, Signal, ENVELOPE_VERSION,
+};
 use serde_json::Value;
 
 const DEADLINE: Duration = Duration::from_secs(60);
@@ -79,7 +81,13 @@ impl Proc {
         Self::spawn(
             name,
             &[
-                "join", room, "--listen", "/ip4/127.0.0.1/tcp/0", "--bootstrap", bootstrap, "--json",
+                "join",
+                room,
+                "--listen",
+                "/ip4/127.0.0.1/tcp/0",
+                "--bootstrap",
+                bootstrap,
+                "--json",
             ],
         )
     }
@@ -137,10 +145,19 @@ impl Proc {
             if let Some(status) = self.child.try_wait().unwrap() {
                 break status;
             }
-            assert!(Instant::now() < end, "{}: did not exit after end of stdin", self.name);
+            assert!(
+                Instant::now() < end,
+                "{}: did not exit after end of stdin",
+                self.name
+            );
             std::thread::sleep(Duration::from_millis(20));
         };
-        assert!(status.success(), "{}: exit {status}; stderr:\n{}", self.name, self.log());
+        assert!(
+            status.success(),
+            "{}: exit {status}; stderr:\n{}",
+            self.name,
+            self.log()
+        );
         while let Ok(event) = self.events.recv_timeout(Duration::from_secs(1)) {
             self.seen.push(event);
         }
@@ -174,7 +191,10 @@ fn network(n: usize) -> (Vec<Proc>, Vec<String>) {
 }
 
 fn room_name(test: &str) -> String {
-    let nanos = SystemTime::now().duration_since(UNIX_EPOCH).unwrap().subsec_nanos();
+    let nanos = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .subsec_nanos();
     format!("{test}-{}-{nanos}", std::process::id())
 }
 
@@ -193,7 +213,10 @@ fn two_joiners_bootstrapped_from_different_nodes_of_five_exchange_messages_both_
 
     let discovered = a.wait_event("peer_discovered");
     assert_eq!(discovered["peer_id"], b_id.as_str());
-    assert!(matches!(discovered["via"].as_str(), Some("dht" | "gossipsub")));
+    assert!(matches!(
+        discovered["via"].as_str(),
+        Some("dht" | "gossipsub")
+    ));
     let open_a = a.wait_event("channel_open");
     let open_b = b.wait_event("channel_open");
     assert_eq!(open_a["peer_id"], b_id.as_str());
@@ -207,7 +230,9 @@ fn two_joiners_bootstrapped_from_different_nodes_of_five_exchange_messages_both_
 
     // a leaves (end of stdin); b is told.
     a.finish();
-    b.wait_for("a leaving", |e| e["event"] == "peer_left" && e["peer_id"] == a_id.as_str());
+    b.wait_for("a leaving", |e| {
+        e["event"] == "peer_left" && e["peer_id"] == a_id.as_str()
+    });
 }
 
 #[test]
@@ -248,12 +273,18 @@ fn room_of_three_connects_every_pair_exactly_once_and_every_message_reaches_the_
             .filter(|(k, _)| *k != i)
             .map(|(_, id)| (id.as_str(), 1))
             .collect();
-        assert_eq!(opens, expected, "joiner {i} opened exactly one channel per other member");
+        assert_eq!(
+            opens, expected,
+            "joiner {i} opened exactly one channel per other member"
+        );
     }
 }
 
 fn now_ms() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_millis() as u64
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64
 }
 
 /// An offer from `from` to `to` whose signature has one bit flipped.
@@ -306,7 +337,9 @@ async fn forged_envelope_is_refused_by_the_storing_node_and_ignored_by_the_joine
     let forger = Keypair::generate_ed25519();
     let forger_id = forger.public().to_peer_id().to_string();
     let (forged_key, forged) = forged_offer(&forger, joiner_peer, &room);
-    let _ = attacker.put_record(forged_key.clone(), forged.clone(), TTL).await;
+    let _ = attacker
+        .put_record(forged_key.clone(), forged.clone(), TTL)
+        .await;
     let control = Envelope {
         body: Body::Presence,
         ..Envelope::decode(
@@ -320,9 +353,15 @@ async fn forged_envelope_is_refused_by_the_storing_node_and_ignored_by_the_joine
         )
         .unwrap()
     };
-    let control_key = control.room_id.mailbox_key(&control.from, &control.to.unwrap());
+    let control_key = control
+        .room_id
+        .mailbox_key(&control.from, &control.to.unwrap());
     attacker
-        .put_record(control_key.clone(), control.sign(&attacker_key).unwrap(), TTL)
+        .put_record(
+            control_key.clone(),
+            control.sign(&attacker_key).unwrap(),
+            TTL,
+        )
         .await
         .unwrap();
 
@@ -334,10 +373,17 @@ async fn forged_envelope_is_refused_by_the_storing_node_and_ignored_by_the_joine
     loop {
         // get_providers dials the joiner; publish succeeds once it knows our subscription.
         let _ = attacker.get_providers(presence.clone()).await;
-        if attacker.publish(topic.clone(), forged.clone()).await.is_ok() {
+        if attacker
+            .publish(topic.clone(), forged.clone())
+            .await
+            .is_ok()
+        {
             break;
         }
-        assert!(Instant::now() < end, "attacker never reached the joiner's topic");
+        assert!(
+            Instant::now() < end,
+            "attacker never reached the joiner's topic"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     drop(attacker);
@@ -345,7 +391,12 @@ async fn forged_envelope_is_refused_by_the_storing_node_and_ignored_by_the_joine
     // A reader that never held either record asks the network.
     let reader = client(&node_addr, Keypair::generate_ed25519()).await;
     let end = Instant::now() + DEADLINE;
-    while reader.get_record(control_key.clone()).await.unwrap().is_empty() {
+    while reader
+        .get_record(control_key.clone())
+        .await
+        .unwrap()
+        .is_empty()
+    {
         assert!(Instant::now() < end, "the control record is never found");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
@@ -376,7 +427,108 @@ async fn forged_envelope_is_refused_by_the_storing_node_and_ignored_by_the_joine
     drop(honest);
     let events = joiner.finish();
     assert!(
-        events.iter().all(|e| e["event"] != "error" && !e.to_string().contains(&forger_id)),
+        events
+            .iter()
+            .all(|e| e["event"] != "error" && !e.to_string().contains(&forger_id)),
         "the forged envelope produced no event: {events:?}"
     );
+}
+
+/// Runs `kadrtc` to completion with stdin closed and returns (success, stderr).
+fn run_to_exit(args: &[&str]) -> (bool, String) {
+    let output = Command::new(env!("CARGO_BIN_EXE_kadrtc"))
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .expect("kadrtc binary runs");
+    let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
+    assert!(!stderr.contains("panicked"), "no panic: {stderr}");
+    (output.status.success(), stderr)
+}
+
+#[test]
+fn bad_multiaddr_is_a_clear_error() {
+    let (ok, stderr) = run_to_exit(&["join", "room", "--bootstrap", "127.0.0.1:4001"]);
+    assert!(!ok);
+    assert!(stderr.contains("invalid multiaddr"), "{stderr}");
+}
+
+#[test]
+fn bootstrap_address_without_peer_id_is_a_clear_error() {
+    let (ok, stderr) = run_to_exit(&[
+        "node",
+        "--listen",
+        "/ip4/127.0.0.1/tcp/0",
+        "--bootstrap",
+        "/ip4/127.0.0.1/tcp/4001",
+    ]);
+    assert!(!ok);
+    assert!(stderr.contains("/p2p/<PeerId>"), "{stderr}");
+}
+
+#[test]
+fn unreachable_bootstrap_node_is_a_clear_error() {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let addr = format!("/ip4/127.0.0.1/tcp/{port}/p2p/{}", PeerId::random());
+    let (ok, stderr) = run_to_exit(&[
+        "join",
+        "room",
+        "--listen",
+        "/ip4/127.0.0.1/tcp/0",
+        "--bootstrap",
+        &addr,
+    ]);
+    assert!(!ok);
+    assert!(stderr.contains("no bootstrap peer answered"), "{stderr}");
+}
+
+#[test]
+fn unreadable_identity_file_is_a_clear_error_and_a_new_one_is_created_and_reused() {
+    let dir = std::env::temp_dir().join(format!("kadrtc-identity-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let garbage = dir.join("garbage.key");
+    std::fs::write(&garbage, b"not a key").unwrap();
+    let (ok, stderr) = run_to_exit(&[
+        "node",
+        "--listen",
+        "/ip4/127.0.0.1/tcp/0",
+        "--identity",
+        garbage.to_str().unwrap(),
+    ]);
+    assert!(!ok);
+    assert!(stderr.contains("is not a libp2p key"), "{stderr}");
+
+    // A missing file is created, and the same identity comes back on the next start.
+    let fresh = dir.join("fresh.key");
+    let _ = std::fs::remove_file(&fresh);
+    let path = fresh.to_str().unwrap();
+    let mut first = Proc::spawn(
+        "id1",
+        &[
+            "node",
+            "--listen",
+            "/ip4/127.0.0.1/tcp/0",
+            "--identity",
+            path,
+            "--json",
+        ],
+    );
+    let (first_id, _) = first.ready();
+    drop(first);
+    let mut second = Proc::spawn(
+        "id2",
+        &[
+            "node",
+            "--listen",
+            "/ip4/127.0.0.1/tcp/0",
+            "--identity",
+            path,
+            "--json",
+        ],
+    );
+    assert_eq!(second.ready().0, first_id);
 }

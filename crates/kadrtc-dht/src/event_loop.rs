@@ -41,8 +41,20 @@ struct EventLoop {
     commands: mpsc::Receiver<Command>,
     pending_put: HashMap<kad::QueryId, oneshot::Sender<Result<(), DhtError>>>,
     pending_providing: HashMap<kad::QueryId, oneshot::Sender<Result<(), DhtError>>>,
-    pending_providers: HashMap<kad::QueryId, (HashSet<PeerId>, oneshot::Sender<Result<Vec<PeerId>, DhtError>>)>,
-    pending_get: HashMap<kad::QueryId, (Vec<Vec<u8>>, oneshot::Sender<Result<Vec<Vec<u8>>, DhtError>>)>,
+    pending_providers: HashMap<
+        kad::QueryId,
+        (
+            HashSet<PeerId>,
+            oneshot::Sender<Result<Vec<PeerId>, DhtError>>,
+        ),
+    >,
+    pending_get: HashMap<
+        kad::QueryId,
+        (
+            Vec<Vec<u8>>,
+            oneshot::Sender<Result<Vec<Vec<u8>>, DhtError>>,
+        ),
+    >,
     topics: HashMap<gossipsub::TopicHash, (String, mpsc::Sender<TopicEvent>)>,
 }
 
@@ -64,10 +76,12 @@ pub(crate) async fn start(
     };
     let mut listeners = HashSet::new();
     for addr in &listen {
-        let id = swarm.listen_on(addr.clone()).map_err(|e| DhtError::Listen {
-            addr: addr.clone(),
-            reason: e.to_string(),
-        })?;
+        let id = swarm
+            .listen_on(addr.clone())
+            .map_err(|e| DhtError::Listen {
+                addr: addr.clone(),
+                reason: e.to_string(),
+            })?;
         listeners.insert(id);
     }
 
@@ -165,7 +179,11 @@ pub(crate) async fn start(
 ///
 /// [`EnvelopeError::WrongMailbox`] for a key outside the namespace, otherwise the error of the
 /// failed check.
-pub fn validate_mailbox_record(key: &[u8], value: &[u8], now: u64) -> Result<Envelope, EnvelopeError> {
+pub fn validate_mailbox_record(
+    key: &[u8],
+    value: &[u8],
+    now: u64,
+) -> Result<Envelope, EnvelopeError> {
     if !key.starts_with(MAILBOX_KEY_PREFIX) {
         return Err(EnvelopeError::WrongMailbox);
     }
@@ -261,12 +279,19 @@ impl EventLoop {
                     }
                 }
             }
-            Command::StopProviding { key } => behaviour.kad.stop_providing(&kad::RecordKey::new(&key)),
+            Command::StopProviding { key } => {
+                behaviour.kad.stop_providing(&kad::RecordKey::new(&key))
+            }
             Command::GetProviders { key, reply } => {
                 let id = behaviour.kad.get_providers(kad::RecordKey::new(&key));
                 self.pending_providers.insert(id, (HashSet::new(), reply));
             }
-            Command::PutRecord { key, value, ttl, reply } => {
+            Command::PutRecord {
+                key,
+                value,
+                ttl,
+                reply,
+            } => {
                 let mut record = kad::Record::new(key, value);
                 record.expires = Some(std::time::Instant::now() + ttl);
                 match behaviour.kad.put_record(record, kad::Quorum::One) {
@@ -282,7 +307,11 @@ impl EventLoop {
                 let id = behaviour.kad.get_record(kad::RecordKey::new(&key));
                 self.pending_get.insert(id, (Vec::new(), reply));
             }
-            Command::Subscribe { topic, sender, reply } => {
+            Command::Subscribe {
+                topic,
+                sender,
+                reply,
+            } => {
                 let ident = gossipsub::IdentTopic::new(topic.clone());
                 let result = behaviour
                     .gossipsub
@@ -334,7 +363,9 @@ impl EventLoop {
             SwarmEvent::NewListenAddr { address, .. } => {
                 tracing::debug!(%address, "listening");
             }
-            SwarmEvent::ConnectionEstablished { peer_id, endpoint, .. } => {
+            SwarmEvent::ConnectionEstablished {
+                peer_id, endpoint, ..
+            } => {
                 tracing::debug!(%peer_id, addr = %endpoint.get_remote_address(), "connected");
             }
             SwarmEvent::ConnectionClosed { peer_id, cause, .. } => {
@@ -347,15 +378,25 @@ impl EventLoop {
     fn handle_kad_event(&mut self, event: kad::Event) {
         match event {
             kad::Event::InboundRequest { request } => self.handle_inbound(request),
-            kad::Event::OutboundQueryProgressed { id, result, step, .. } => match result {
+            kad::Event::OutboundQueryProgressed {
+                id, result, step, ..
+            } => match result {
                 kad::QueryResult::PutRecord(result) => {
                     if let Some(reply) = self.pending_put.remove(&id) {
-                        let _ = reply.send(result.map(|_| ()).map_err(|e| DhtError::Query(e.to_string())));
+                        let _ = reply.send(
+                            result
+                                .map(|_| ())
+                                .map_err(|e| DhtError::Query(e.to_string())),
+                        );
                     }
                 }
                 kad::QueryResult::StartProviding(result) => {
                     if let Some(reply) = self.pending_providing.remove(&id) {
-                        let _ = reply.send(result.map(|_| ()).map_err(|e| DhtError::Query(e.to_string())));
+                        let _ = reply.send(
+                            result
+                                .map(|_| ())
+                                .map_err(|e| DhtError::Query(e.to_string())),
+                        );
                     }
                 }
                 kad::QueryResult::GetProviders(result) => {
@@ -393,7 +434,9 @@ impl EventLoop {
                     match result {
                         Ok(kad::GetRecordOk::FoundRecord(found)) => {
                             if let Some((values, _)) = self.pending_get.get_mut(&id) {
-                                if values.len() < MAX_RECORDS_PER_GET && !values.contains(&found.record.value) {
+                                if values.len() < MAX_RECORDS_PER_GET
+                                    && !values.contains(&found.record.value)
+                                {
                                     values.push(found.record.value);
                                 }
                             }
@@ -421,21 +464,25 @@ impl EventLoop {
     fn handle_inbound(&mut self, request: kad::InboundRequest) {
         let store = self.swarm.behaviour_mut().kad.store_mut();
         match request {
-            kad::InboundRequest::PutRecord { source, record: Some(record), .. } => {
-                match validate_mailbox_record(record.key.as_ref(), &record.value, unix_ms()) {
-                    Ok(envelope) => {
-                        if let Err(error) = store.put(record) {
-                            tracing::warn!(%source, %error, "record not stored");
-                        } else {
-                            tracing::debug!(%source, from = %envelope.from, seq = envelope.seq, "stored mailbox record");
-                        }
-                    }
-                    Err(error) => {
-                        tracing::warn!(%source, %error, "rejected record: {}", error_chain(&error));
+            kad::InboundRequest::PutRecord {
+                source,
+                record: Some(record),
+                ..
+            } => match validate_mailbox_record(record.key.as_ref(), &record.value, unix_ms()) {
+                Ok(envelope) => {
+                    if let Err(error) = store.put(record) {
+                        tracing::warn!(%source, %error, "record not stored");
+                    } else {
+                        tracing::debug!(%source, from = %envelope.from, seq = envelope.seq, "stored mailbox record");
                     }
                 }
-            }
-            kad::InboundRequest::AddProvider { record: Some(record) } => {
+                Err(error) => {
+                    tracing::warn!(%source, %error, "rejected record: {}", error_chain(&error));
+                }
+            },
+            kad::InboundRequest::AddProvider {
+                record: Some(record),
+            } => {
                 // A provider record must name its publisher and key a sha2-256 multihash.
                 let key = record.key.as_ref();
                 if key.len() == 34 && key[..2] == [0x12, 0x20] {
@@ -452,9 +499,11 @@ impl EventLoop {
 
     fn handle_gossipsub_event(&mut self, event: gossipsub::Event) {
         let (propagation_source, message_id, message) = match event {
-            gossipsub::Event::Message { propagation_source, message_id, message } => {
-                (propagation_source, message_id, message)
-            }
+            gossipsub::Event::Message {
+                propagation_source,
+                message_id,
+                message,
+            } => (propagation_source, message_id, message),
             gossipsub::Event::Subscribed { peer_id, topic } => {
                 if let Some((_, sender)) = self.topics.get(&topic) {
                     let _ = sender.try_send(TopicEvent::PeerSubscribed { peer: peer_id });

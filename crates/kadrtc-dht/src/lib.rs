@@ -350,7 +350,8 @@ impl DhtHandle {
     ///
     /// [`DhtError::Stopped`].
     pub async fn connected_peers(&self) -> Result<Vec<PeerId>, DhtError> {
-        self.request(|reply| Command::ConnectedPeers { reply }).await
+        self.request(|reply| Command::ConnectedPeers { reply })
+            .await
     }
 
     async fn request<T>(

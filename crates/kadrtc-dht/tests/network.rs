@@ -12,7 +12,10 @@ use tokio::time::{sleep, timeout, Instant};
 const TTL: Duration = Duration::from_secs(60);
 
 fn now_ms() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_millis() as u64
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64
 }
 
 async fn node(bootstrap: Option<&DhtHandle>) -> DhtHandle {
@@ -114,12 +117,7 @@ async fn providers_are_found_through_a_common_bootstrap_node() {
     let found = eventually(Duration::from_secs(10), || {
         let b = b.clone();
         let key = key.clone();
-        async move {
-            b.get_providers(key)
-                .await
-                .ok()
-                .filter(|p| !p.is_empty())
-        }
+        async move { b.get_providers(key).await.ok().filter(|p| !p.is_empty()) }
     })
     .await
     .expect("b finds a provider");
@@ -155,7 +153,9 @@ async fn topic_delivers_valid_envelopes_and_drops_invalid_ones() {
     let mut valid = offer(&a_key, b.peer_id(), "lobby");
     valid.body = Body::Presence;
     let valid = valid.sign(&a_key).unwrap();
-    let wrong_room = offer(&a_key, b.peer_id(), "elsewhere").sign(&a_key).unwrap();
+    let wrong_room = offer(&a_key, b.peer_id(), "elsewhere")
+        .sign(&a_key)
+        .unwrap();
     // Publishing fails until b's subscription has reached a.
     eventually(Duration::from_secs(10), || {
         let a = a.clone();
@@ -181,7 +181,10 @@ async fn topic_delivers_valid_envelopes_and_drops_invalid_ones() {
     assert_eq!(message.1, valid, "only the valid envelope is delivered");
     assert_eq!(message.0, Some(a.peer_id()));
     while let Ok(event) = b_sub.try_recv() {
-        assert!(!matches!(event, TopicEvent::Message { .. }), "nothing else is delivered");
+        assert!(
+            !matches!(event, TopicEvent::Message { .. }),
+            "nothing else is delivered"
+        );
     }
 }
 
@@ -200,8 +203,5 @@ async fn unreachable_bootstrap_is_a_clear_error() {
             .with_bootstrap(addr.parse().unwrap()),
     )
     .await;
-    assert!(matches!(
-        result,
-        Err(DhtError::BootstrapUnreachable { .. })
-    ));
+    assert!(matches!(result, Err(DhtError::BootstrapUnreachable { .. })));
 }

@@ -132,12 +132,7 @@ impl RoomId {
     /// [`MAILBOX_KEY_PREFIX`] then `SHA-256("kadrtc/mailbox/v1" ‖ room id ‖ from ‖ to)`,
     /// with both peer ids in their multihash byte form.
     pub fn mailbox_key(&self, from: &PeerId, to: &PeerId) -> Vec<u8> {
-        let digest = sha256(&[
-            MAILBOX_DOMAIN,
-            &self.0,
-            &from.to_bytes(),
-            &to.to_bytes(),
-        ]);
+        let digest = sha256(&[MAILBOX_DOMAIN, &self.0, &from.to_bytes(), &to.to_bytes()]);
         let mut key = MAILBOX_KEY_PREFIX.to_vec();
         key.extend_from_slice(&digest);
         key
@@ -221,10 +216,7 @@ mod tests {
     #[test]
     fn room_names_are_parsed() {
         assert_eq!(RoomName::new(""), Err(RoomNameError::Empty));
-        assert_eq!(
-            RoomName::new("a\nb"),
-            Err(RoomNameError::ControlCharacter)
-        );
+        assert_eq!(RoomName::new("a\nb"), Err(RoomNameError::ControlCharacter));
         assert_eq!(
             RoomName::new("x".repeat(MAX_ROOM_NAME_LEN + 1)),
             Err(RoomNameError::TooLong {

@@ -406,8 +406,8 @@ impl Negotiation {
         let retry_in = match self.role {
             Role::Offerer => {
                 let exponent = self.failures.saturating_sub(1).min(16);
-                let delay = (self.config.retry_initial * 2u32.pow(exponent))
-                    .min(self.config.retry_max);
+                let delay =
+                    (self.config.retry_initial * 2u32.pow(exponent)).min(self.config.retry_max);
                 self.retry_at = Some(now + delay);
                 Some(delay)
             }
@@ -442,14 +442,17 @@ impl Negotiation {
         let Some(session) = self.session else {
             return;
         };
-        if !self.remote_description_applied || self.remote_candidates.len() <= self.applied_candidates
+        if !self.remote_description_applied
+            || self.remote_candidates.len() <= self.applied_candidates
         {
             return;
         }
         let candidates = self.remote_candidates[self.applied_candidates..].to_vec();
         self.applied_candidates = self.remote_candidates.len();
-        self.actions
-            .push_back(Action::AddRemoteCandidates { session, candidates });
+        self.actions.push_back(Action::AddRemoteCandidates {
+            session,
+            candidates,
+        });
     }
 }
 
@@ -599,7 +602,11 @@ mod tests {
         });
         offerer.handle_remote(&answer, now);
         let actions = drain(&mut offerer);
-        assert_eq!(actions.len(), 1, "only the answer, no candidates yet: {actions:?}");
+        assert_eq!(
+            actions.len(),
+            1,
+            "only the answer, no candidates yet: {actions:?}"
+        );
         offerer.handle_remote_description_applied(session);
         assert_eq!(
             drain(&mut offerer),
@@ -654,12 +661,15 @@ mod tests {
             expires_at: created_at + 60_000,
             body: Body::Offer(Signal::default()),
         };
-        assert_eq!(answerer.handle_remote(&offer(2, 200), now), Disposition::Applied);
-        assert_eq!(answerer.handle_remote(&offer(1, 100), now), Disposition::Stale);
         assert_eq!(
-            answerer.session(),
-            Some(SessionId::from_bytes([2; 16]))
+            answerer.handle_remote(&offer(2, 200), now),
+            Disposition::Applied
         );
+        assert_eq!(
+            answerer.handle_remote(&offer(1, 100), now),
+            Disposition::Stale
+        );
+        assert_eq!(answerer.session(), Some(SessionId::from_bytes([2; 16])));
     }
 
     #[test]

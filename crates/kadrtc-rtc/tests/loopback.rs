@@ -37,7 +37,10 @@ async fn loopback_pair_opens_a_channel_and_carries_messages_both_ways() {
                     offerer.add_candidate(c).await.unwrap();
                 }
                 (tag, RtcEvent::ChannelOpen(channel)) => {
-                    channel.send(format!("hello from {tag}").as_bytes()).await.unwrap();
+                    channel
+                        .send(format!("hello from {tag}").as_bytes())
+                        .await
+                        .unwrap();
                 }
                 (tag, RtcEvent::Message(data)) => received.push((tag, data)),
                 _ => {}
@@ -49,7 +52,10 @@ async fn loopback_pair_opens_a_channel_and_carries_messages_both_ways() {
     received.sort();
     assert_eq!(
         received,
-        vec![('a', b"hello from b".to_vec()), ('b', b"hello from a".to_vec())]
+        vec![
+            ('a', b"hello from b".to_vec()),
+            ('b', b"hello from a".to_vec())
+        ]
     );
     assert!(candidates >= 2);
     offerer.close().await;

@@ -417,9 +417,10 @@ impl RoomActor {
                 self.install(peer, session, result);
             }
             Action::ApplyAnswer { session, sdp } => {
-                let Some(entry) = self.peers.get_mut(&peer) else { return };
-                let Some((_, pc)) = entry.connection.as_ref().filter(|(s, _)| *s == session)
-                else {
+                let Some(entry) = self.peers.get_mut(&peer) else {
+                    return;
+                };
+                let Some((_, pc)) = entry.connection.as_ref().filter(|(s, _)| *s == session) else {
                     return;
                 };
                 match pc.apply_answer(sdp).await {
@@ -434,9 +435,10 @@ impl RoomActor {
                 session,
                 candidates,
             } => {
-                let Some(entry) = self.peers.get(&peer) else { return };
-                let Some((_, pc)) = entry.connection.as_ref().filter(|(s, _)| *s == session)
-                else {
+                let Some(entry) = self.peers.get(&peer) else {
+                    return;
+                };
+                let Some((_, pc)) = entry.connection.as_ref().filter(|(s, _)| *s == session) else {
                     return;
                 };
                 for candidate in candidates {
@@ -467,8 +469,14 @@ impl RoomActor {
                 });
             }
             Action::Close { session } => {
-                let Some(entry) = self.peers.get_mut(&peer) else { return };
-                if entry.connection.as_ref().is_some_and(|(s, _)| *s == session) {
+                let Some(entry) = self.peers.get_mut(&peer) else {
+                    return;
+                };
+                if entry
+                    .connection
+                    .as_ref()
+                    .is_some_and(|(s, _)| *s == session)
+                {
                     if let Some((_, pc)) = entry.connection.take() {
                         tokio::spawn(async move { pc.close().await });
                     }
@@ -515,7 +523,9 @@ impl RoomActor {
         session: SessionId,
         result: Result<(PeerConnection, String), RtcError>,
     ) {
-        let Some(entry) = self.peers.get_mut(&peer) else { return };
+        let Some(entry) = self.peers.get_mut(&peer) else {
+            return;
+        };
         if let Some((_, old)) = entry.connection.take() {
             tokio::spawn(async move { old.close().await });
         }
@@ -533,7 +543,9 @@ impl RoomActor {
 
     async fn handle_rtc_event(&mut self, tag: PeerTag, event: RtcEvent) {
         let PeerTag { peer, session } = tag;
-        let Some(entry) = self.peers.get_mut(&peer) else { return };
+        let Some(entry) = self.peers.get_mut(&peer) else {
+            return;
+        };
         let current = entry.negotiation.session() == Some(session);
         match event {
             RtcEvent::LocalCandidate(candidate) => {
@@ -578,7 +590,9 @@ impl RoomActor {
                 }
             }
             TopicEvent::Message { data, .. } => {
-                let Some(envelope) = self.accept_envelope(&data) else { return };
+                let Some(envelope) = self.accept_envelope(&data) else {
+                    return;
+                };
                 let from = envelope.from;
                 match envelope.body {
                     Body::Presence => self.discover(from, Discovery::Gossipsub),
@@ -685,7 +699,9 @@ impl RoomActor {
     }
 
     fn remove_peer(&mut self, peer: PeerId) {
-        let Some(entry) = self.peers.remove(&peer) else { return };
+        let Some(entry) = self.peers.remove(&peer) else {
+            return;
+        };
         if let Some((_, pc)) = entry.connection {
             tokio::spawn(async move { pc.close().await });
         }
