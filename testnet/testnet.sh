@@ -7,6 +7,9 @@
 #   testnet/testnet.sh status      show the nodes of the running testnet
 #   testnet/testnet.sh demo [ROOM] build, start a private 5-node testnet, let
 #                                  two joiners meet and exchange a message
+#   testnet/testnet.sh measure [RUNS]
+#                                  build, start a private 5-node testnet, time
+#                                  RUNS joiner pairs until channel_open
 #
 # See testnet/README.md for the state directory layout and environment variables.
 
@@ -23,6 +26,8 @@ readonly STOP_TIMEOUT_S=5          # SIGTERM grace period before SIGKILL
 readonly DEMO_CHANNEL_TIMEOUT_S=60 # both joiners report channel_open
 readonly DEMO_MESSAGE_TIMEOUT_S=20 # both hellos delivered
 readonly DEMO_EXIT_TIMEOUT_S=10    # joiners exit after their stdin is closed
+readonly DEFAULT_MEASURE_RUNS=10
+readonly MAX_MEASURE_RUNS=200
 readonly LOG_TAIL_LINES=20
 
 # --- paths -----------------------------------------------------------------------
@@ -94,6 +99,71 @@ with open(sys.argv[1], encoding="utf-8", errors="replace") as f:
                 and str(ev.get("text", "")).rstrip("\r\n") == want):
             sys.exit(0)
 sys.exit(1)
+'
+
+# Print the elapsed_ms of the first {"event":"channel_open",...} line in a
+# timestamped joiner output file. Exit 1: no such line; exit 2: elapsed_ms is
+# not a non-negative integer.
+readonly PY_ELAPSED='
+import json, sys
+with open(sys.argv[1], encoding="utf-8", errors="replace") as f:
+    for raw in f:
+        try:
+            ev = json.loads(raw.partition(" ")[2])
+        except ValueError:
+            continue
+        if isinstance(ev, dict) and ev.get("event") == "channel_open":
+            ms = ev.get("elapsed_ms")
+            if isinstance(ms, bool) or not isinstance(ms, int) or ms < 0:
+                sys.exit(2)
+            print(ms)
+            sys.exit(0)
+sys.exit(1)
+'
+
+# Summarise a measurement. argv: OUT_JSON BINARY RUNS A_VALUES B_VALUES (the
+# values space-separated, run order). Prints a table of count / median / p90 /
+# max / min for A, B and both, and writes OUT_JSON (atomically). Median: the
+# usual one (mean of the two middle values for an even count); p90: nearest
+# rank (the ceil(0.9*n)-th smallest value, always an observed value).
+readonly PY_MEASURE_SUMMARY='
+import datetime, json, math, os, statistics, sys
+out, binary, runs = sys.argv[1], sys.argv[2], int(sys.argv[3])
+a = [int(v) for v in sys.argv[4].split()]
+b = [int(v) for v in sys.argv[5].split()]
+both = [v for pair in zip(a, b) for v in pair]  # A1, B1, A2, B2, ...
+def num(x):
+    return int(x) if float(x).is_integer() else round(x, 1)
+def stats(vals):
+    s = sorted(vals)
+    return {"count": len(s), "median_ms": num(statistics.median(s)),
+            "p90_ms": s[math.ceil(0.9 * len(s)) - 1], "max_ms": s[-1], "min_ms": s[0]}
+rows = [("A (node 2)", stats(a)), ("B (node 4)", stats(b)), ("A+B", stats(both))]
+print("channel_open elapsed_ms over %d run(s) (ms from each joiner'"'"'s join to its open data channel):" % runs)
+print("  %-11s %6s %8s %8s %8s %8s" % ("joiner", "count", "median", "p90", "max", "min"))
+for name, st in rows:
+    print("  %-11s %6d %8s %8d %8d %8d" % (name, st["count"], st["median_ms"],
+                                          st["p90_ms"], st["max_ms"], st["min_ms"]))
+total = rows[2][1]
+doc = {
+    "runs": runs,
+    "values_ms": both,
+    "median_ms": total["median_ms"],
+    "p90_ms": total["p90_ms"],
+    "max_ms": total["max_ms"],
+    "min_ms": total["min_ms"],
+    "binary": os.path.abspath(binary),
+    "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
+    "joiners": {
+        "A": dict(bootstrap_node=2, values_ms=a, **{k: v for k, v in rows[0][1].items() if k != "count"}),
+        "B": dict(bootstrap_node=4, values_ms=b, **{k: v for k, v in rows[1][1].items() if k != "count"}),
+    },
+}
+tmp = out + ".tmp"
+with open(tmp, "w", encoding="utf-8") as f:
+    json.dump(doc, f, indent=2)
+    f.write("\n")
+os.replace(tmp, out)
 '
 
 # Print the demo timeline. argv: T0_MS ADDRS_FILE then LABEL FILE pairs; each
@@ -309,7 +379,7 @@ resolve_bin() {
   or point KADRTC_BIN at an existing binary"
 }
 
-# build_bin: for `demo` — build the release binary unless KADRTC_BIN is set.
+# build_bin: for `demo`/`measure` — build the release binary unless KADRTC_BIN is set.
 build_bin() {
   if [[ -n ${KADRTC_BIN:-} ]]; then
     resolve_bin
@@ -532,9 +602,10 @@ cmd_status() {
   ((${#PIDS[@]} > 0 && alive == ${#PIDS[@]}))
 }
 
-# --- demo ----------------------------------------------------------------------------------
+# --- demo (and the joiner machinery `measure` shares) ----------------------------------------
 
-DEMO_DIR=""
+DEMO_MODE=demo     # "demo" or "measure": names the command in messages
+DEMO_DIR=""        # the command's private state dir ($STATE/demo or $STATE/measure)
 DEMO_UP_PID=""     # the `up 5` subprocess while it runs
 A_PID="" B_PID=""  # joiners
 FA_PID="" FB_PID="" # timestamp filters
@@ -545,6 +616,7 @@ DEMO_ADDRS=()
 DEMO_OK=0
 DEMO_TORN_DOWN=0
 DEMO_FAIL_MSG=""
+DEMO_FAIL_PREFIX="" # measure: "run I/RUNS: " while a run is in progress
 
 # stamp_lines: copy stdin to stdout, prefixing each line with epoch ms.
 stamp_lines() {
@@ -575,7 +647,7 @@ close_stdins() {
   B_FD=""
 }
 
-# demo_teardown: stop everything the demo started, processes first:
+# demo_teardown: stop everything the demo (or measure) started, processes first:
 # joiners, timestamp filters, a still-running `up`, then the nodes.
 demo_teardown() {
   ((DEMO_TORN_DOWN)) && return 0
@@ -596,7 +668,7 @@ demo_teardown() {
   fi
   if [[ -n $DEMO_DIR ]]; then
     if [[ -f $DEMO_DIR/pids ]]; then
-      step "stopping the demo testnet"
+      step "stopping the $DEMO_MODE testnet"
       STATE=$DEMO_DIR stop_testnet
     fi
     rm -f -- "$DEMO_DIR"/{A,B}.stdin "$DEMO_DIR"/{A,B}.pipe
@@ -622,8 +694,8 @@ demo_on_exit() {
   ((DEMO_OK)) && exit 0
   ((rc != 0)) || rc=1
   {
-    DEMO_FAIL_MSG=${DEMO_FAIL_MSG:-${DIE_MSG:-unexpected error (exit status $rc)}}
-    printf '\ndemo: FAILED: %s\n' "$DEMO_FAIL_MSG"
+    DEMO_FAIL_MSG=$DEMO_FAIL_PREFIX${DEMO_FAIL_MSG:-${DIE_MSG:-unexpected error (exit status $rc)}}
+    printf '\n%s: FAILED: %s\n' "$DEMO_MODE" "$DEMO_FAIL_MSG"
     print_timeline
     local f k
     for f in A B; do
@@ -632,7 +704,10 @@ demo_on_exit() {
     for ((k = 1; k <= 5; k++)); do
       [[ -e $DEMO_DIR/node-$k.log ]] && tail_file "node $k stderr" "$DEMO_DIR/node-$k.log"
     done
-    printf 'demo: FAILED: %s (files kept in %s)\n' "$DEMO_FAIL_MSG" "$DEMO_DIR"
+    if [[ $DEMO_MODE == measure ]]; then
+      printf 'measure: %d of %d run(s) completed before the failure\n' "${#MEASURE_A[@]}" "$MEASURE_RUNS"
+    fi
+    printf '%s: FAILED: %s (files kept in %s)\n' "$DEMO_MODE" "$DEMO_FAIL_MSG" "$DEMO_DIR"
   } >&2
   exit "$rc"
 }
@@ -717,33 +792,53 @@ start_joiner() {
   mark "started joiner $who (pid $!, bootstrap: node $node)"
 }
 
-ROOM=""
-cmd_demo() {
-  (($# <= 1)) || die "usage: $PROG demo [ROOM]"
-  ROOM=${1:-demo-$(printf '%04x%04x' "$RANDOM" "$RANDOM")}
-  [[ -n $ROOM ]] || die "demo: ROOM must not be empty"
-  need python3 grep mkfifo tail
+# finish_joiners: after their stdin was closed, wait up to DEMO_EXIT_TIMEOUT_S
+# for both joiners to exit, fail unless both exit 0, then wait for their
+# timestamp filters so the output files are complete. Forgets the PIDs of
+# whatever has ended (so teardown never signals a reused PID).
+finish_joiners() {
+  local deadline who pid status
+  now_ms
+  deadline=$((NOW_MS + DEMO_EXIT_TIMEOUT_S * 1000))
+  until joiners_exited; do
+    now_ms
+    if ((NOW_MS >= deadline)); then
+      local still=()
+      pid_alive "$A_PID" && still+=(A)
+      pid_alive "$B_PID" && still+=(B)
+      demo_fail "joiner(s) ${still[*]} still running ${DEMO_EXIT_TIMEOUT_S} s after stdin was closed"
+    fi
+    sleep "$POLL_INTERVAL"
+  done
+  for who in A B; do
+    if [[ $who == A ]]; then pid=$A_PID; else pid=$B_PID; fi
+    status=0
+    wait "$pid" 2>/dev/null || status=$?
+    if [[ $who == A ]]; then A_PID=""; else B_PID=""; fi
+    ((status == 0)) || demo_fail "joiner $who exited with status $status after stdin was closed (expected 0)"
+  done
+  # The filters end at EOF of the joiners' stdout; wait for them so the output
+  # files are complete (bounded by teardown, which kills stragglers).
+  now_ms
+  deadline=$((NOW_MS + STOP_TIMEOUT_S * 1000))
+  while { pid_alive "$FA_PID" || pid_alive "$FB_PID"; } && ((NOW_MS < deadline)); do
+    sleep "$POLL_INTERVAL"
+    now_ms
+  done
+  for who in A B; do
+    if [[ $who == A ]]; then pid=$FA_PID; else pid=$FB_PID; fi
+    [[ -n $pid ]] || continue
+    pid_alive "$pid" && continue # still running: left to teardown
+    wait "$pid" 2>/dev/null || true
+    if [[ $who == A ]]; then FA_PID=""; else FB_PID=""; fi
+  done
+}
 
-  # A private state dir, so the demo never touches a testnet started by `up`.
-  DEMO_DIR="$STATE/demo"
-  mkdir -p -- "$DEMO_DIR"
-  if STATE=$DEMO_DIR running_nodes && ((${#RUNNING[@]} > 0)); then
-    die "another demo is running (its testnet in $DEMO_DIR is up); wait for it, or stop that testnet with: KADRTC_TESTNET_DIR=$(printf %q "$DEMO_DIR") $PROG down"
-  fi
-  # Only remove files this demo creates (never rm -r a user-provided path).
-  rm -f -- "$DEMO_DIR"/{A,B}.{out,log,stdin,pipe} "$DEMO_DIR/script.events" \
-    "$DEMO_DIR/addrs.demo" "$DEMO_DIR"/node-*.out "$DEMO_DIR"/node-*.log \
-    "$DEMO_DIR/pids" "$DEMO_DIR/addrs" "$DEMO_DIR/bootstrap.addr"
-
-  trap demo_on_exit EXIT
-  trap 'DEMO_FAIL_MSG="interrupted"; exit 130' INT
-  trap 'DEMO_FAIL_MSG="terminated"; exit 143' TERM
-
-  # 1. Build (unless KADRTC_BIN is given).
-  build_bin
-
-  # 2. A 5-node testnet, via `up` in a subprocess (it rolls itself back on
-  #    failure). Run in the background + wait so our traps fire promptly.
+# start_testnet5: start the command's private 5-node testnet in DEMO_DIR via
+# `up 5` in a subprocess (it rolls itself back on failure; run in the
+# background + wait so our traps fire promptly). Loads DEMO_ADDRS and keeps a
+# copy in addrs.demo (`down` deletes addrs; the timeline needs the names).
+start_testnet5() {
   step "starting a 5-node testnet in $DEMO_DIR"
   local up_status=0
   KADRTC_TESTNET_DIR=$DEMO_DIR KADRTC_BIN=$BIN bash "$SELF" up 5 &
@@ -753,15 +848,56 @@ cmd_demo() {
   ((up_status == 0)) || demo_fail "the 5-node testnet did not come up (up exited with status $up_status)"
   mapfile -t DEMO_ADDRS <"$DEMO_DIR/addrs"
   ((${#DEMO_ADDRS[@]} == 5)) || demo_fail "expected 5 node addresses in $DEMO_DIR/addrs, found ${#DEMO_ADDRS[@]}"
-  cp -- "$DEMO_DIR/addrs" "$DEMO_DIR/addrs.demo" # `down` deletes addrs; the timeline needs names
+  cp -- "$DEMO_DIR/addrs" "$DEMO_DIR/addrs.demo"
+}
+
+# open_joiner_stdins: fresh fifos for the joiners' stdin and stdout, with the
+# stdin fifos held open read-write by us: on Linux this never blocks, and our
+# later writes cannot SIGPIPE us if a joiner dies. Closing them = EOF.
+open_joiner_stdins() {
+  mkfifo -- "$DEMO_DIR/A.stdin" "$DEMO_DIR/B.stdin" "$DEMO_DIR/A.pipe" "$DEMO_DIR/B.pipe"
+  exec {A_FD}<>"$DEMO_DIR/A.stdin" {B_FD}<>"$DEMO_DIR/B.stdin"
+}
+
+# claim_dir NAME: use $STATE/NAME as DEMO_DIR; refuse if its testnet is up;
+# remove only the files these commands create (never rm -r a user path).
+claim_dir() {
+  DEMO_DIR="$STATE/$1"
+  mkdir -p -- "$DEMO_DIR"
+  if STATE=$DEMO_DIR running_nodes && ((${#RUNNING[@]} > 0)); then
+    die "another $1 is running (its testnet in $DEMO_DIR is up); wait for it, or stop that testnet with: KADRTC_TESTNET_DIR=$(printf %q "$DEMO_DIR") $PROG down"
+  fi
+  rm -f -- "$DEMO_DIR"/{A,B}.{out,log,stdin,pipe} "$DEMO_DIR/script.events" \
+    "$DEMO_DIR/addrs.demo" "$DEMO_DIR"/node-*.out "$DEMO_DIR"/node-*.log \
+    "$DEMO_DIR/pids" "$DEMO_DIR/addrs" "$DEMO_DIR/bootstrap.addr" \
+    "$DEMO_DIR/results.json" "$DEMO_DIR/results.json.tmp"
+}
+
+ROOM=""
+cmd_demo() {
+  (($# <= 1)) || die "usage: $PROG demo [ROOM]"
+  ROOM=${1:-demo-$(printf '%04x%04x' "$RANDOM" "$RANDOM")}
+  [[ -n $ROOM ]] || die "demo: ROOM must not be empty"
+  need python3 grep mkfifo tail
+
+  # A private state dir, so the demo never touches a testnet started by `up`.
+  DEMO_MODE=demo
+  claim_dir demo
+
+  trap demo_on_exit EXIT
+  trap 'DEMO_FAIL_MSG="interrupted"; exit 130' INT
+  trap 'DEMO_FAIL_MSG="terminated"; exit 143' TERM
+
+  # 1. Build (unless KADRTC_BIN is given).
+  build_bin
+
+  # 2. A private 5-node testnet.
+  start_testnet5
 
   # 3. Two joiners in the same room, bootstrapped from different nodes.
   step "room: $ROOM"
   step "starting joiner A (bootstrap: node 2) and joiner B (bootstrap: node 4)"
-  mkfifo -- "$DEMO_DIR/A.stdin" "$DEMO_DIR/B.stdin" "$DEMO_DIR/A.pipe" "$DEMO_DIR/B.pipe"
-  # Hold the stdin fifos open read-write: on Linux this never blocks, and our
-  # later writes cannot SIGPIPE us if a joiner dies. Closing them = EOF.
-  exec {A_FD}<>"$DEMO_DIR/A.stdin" {B_FD}<>"$DEMO_DIR/B.stdin"
+  open_joiner_stdins
   now_ms
   DEMO_T0=$NOW_MS
   : >"$DEMO_DIR/script.events"
@@ -791,40 +927,93 @@ cmd_demo() {
   step "messages delivered; closing both joiners' stdin"
   close_stdins
   mark "closed both joiners' stdin"
-  local deadline who pid status
-  now_ms
-  deadline=$((NOW_MS + DEMO_EXIT_TIMEOUT_S * 1000))
-  until joiners_exited; do
-    now_ms
-    if ((NOW_MS >= deadline)); then
-      local still=()
-      pid_alive "$A_PID" && still+=(A)
-      pid_alive "$B_PID" && still+=(B)
-      demo_fail "joiner(s) ${still[*]} still running ${DEMO_EXIT_TIMEOUT_S} s after stdin was closed"
-    fi
-    sleep "$POLL_INTERVAL"
-  done
-  for who in A B; do
-    if [[ $who == A ]]; then pid=$A_PID; else pid=$B_PID; fi
-    status=0
-    wait "$pid" 2>/dev/null || status=$?
-    if [[ $who == A ]]; then A_PID=""; else B_PID=""; fi
-    ((status == 0)) || demo_fail "joiner $who exited with status $status after stdin was closed (expected 0)"
-  done
-  # The filters end at EOF of the joiners' stdout; wait for them so the output
-  # files are complete (bounded by teardown, which kills stragglers).
-  now_ms
-  deadline=$((NOW_MS + STOP_TIMEOUT_S * 1000))
-  while { pid_alive "$FA_PID" || pid_alive "$FB_PID"; } && ((NOW_MS < deadline)); do
-    sleep "$POLL_INTERVAL"
-    now_ms
-  done
+  finish_joiners
 
   # 7. Tear down, then report.
   demo_teardown
   print_timeline
   DEMO_OK=1
   note "demo: OK"
+}
+
+# --- measure -----------------------------------------------------------------------------------
+
+MEASURE_RUNS=0
+MEASURE_A=() # channel_open elapsed_ms of joiner A, one per completed run
+MEASURE_B=() # same for joiner B
+
+# joiner_elapsed WHO: the elapsed_ms of WHO's channel_open event -> ELAPSED.
+ELAPSED=""
+joiner_elapsed() {
+  local rc=0
+  ELAPSED=$(python3 -c "$PY_ELAPSED" "$DEMO_DIR/$1.out") || rc=$?
+  case $rc in
+  0) ;;
+  2) demo_fail "joiner $1's channel_open event has no valid elapsed_ms" ;;
+  *) demo_fail "could not read joiner $1's channel_open event from $DEMO_DIR/$1.out" ;;
+  esac
+}
+
+cmd_measure() {
+  (($# <= 1)) || die "usage: $PROG measure [RUNS]"
+  local runs=${1:-$DEFAULT_MEASURE_RUNS} tag i a b
+  if ! [[ $runs =~ ^[0-9]{1,3}$ ]] || ((10#$runs < 1 || 10#$runs > MAX_MEASURE_RUNS)); then
+    die "measure: RUNS must be a whole number from 1 to $MAX_MEASURE_RUNS (got '$runs')"
+  fi
+  MEASURE_RUNS=$((10#$runs))
+  need python3 grep mkfifo tail
+
+  # A private state dir, so measure never touches a testnet of `up` or `demo`.
+  DEMO_MODE=measure
+  claim_dir measure
+
+  trap demo_on_exit EXIT
+  trap 'DEMO_FAIL_MSG="interrupted"; exit 130' INT
+  trap 'DEMO_FAIL_MSG="terminated"; exit 143' TERM
+
+  build_bin
+  start_testnet5
+
+  tag=$(printf '%04x%04x' "$RANDOM" "$RANDOM")
+  step "measuring $MEASURE_RUNS run(s): rooms measure-$tag-<i>, joiner A bootstrapped from node 2, B from node 4"
+  for ((i = 1; i <= MEASURE_RUNS; i++)); do
+    DEMO_FAIL_PREFIX="run $i/$MEASURE_RUNS: "
+    ROOM="measure-$tag-$i"
+    # Each run: fresh fifos and output files (the last run's stay for inspection).
+    rm -f -- "$DEMO_DIR"/{A,B}.{out,log,stdin,pipe}
+    : >"$DEMO_DIR/script.events"
+    open_joiner_stdins
+    now_ms
+    DEMO_T0=$NOW_MS
+    mark "run $i/$MEASURE_RUNS, room $ROOM"
+    start_joiner A 2
+    start_joiner B 4
+
+    DEMO_WAIT_DETAIL=channels_detail
+    demo_wait "$DEMO_CHANNEL_TIMEOUT_S" "both joiners to report channel_open" both_channels_open
+    joiner_elapsed A
+    a=$ELAPSED
+    joiner_elapsed B
+    b=$ELAPSED
+
+    close_stdins
+    mark "closed both joiners' stdin"
+    finish_joiners
+    rm -f -- "$DEMO_DIR"/{A,B}.{stdin,pipe}
+    MEASURE_A+=("$a")
+    MEASURE_B+=("$b")
+    note "run $i/$MEASURE_RUNS: A $a ms, B $b ms"
+  done
+  DEMO_FAIL_PREFIX=""
+
+  demo_teardown
+  printf '\n'
+  PYTHONIOENCODING=utf-8 python3 -c "$PY_MEASURE_SUMMARY" "$DEMO_DIR/results.json" "$BIN" \
+    "$MEASURE_RUNS" "${MEASURE_A[*]}" "${MEASURE_B[*]}" ||
+    demo_fail "could not compute the summary or write $DEMO_DIR/results.json"
+  note "results written to $DEMO_DIR/results.json"
+  DEMO_OK=1
+  note "measure: OK"
 }
 
 # --- help / dispatch ---------------------------------------------------------------------------
@@ -841,13 +1030,19 @@ commands:
   demo [ROOM]  build kadrtc, start a private 5-node testnet, join ROOM
                (default demo-<random>) with two peers bootstrapped from
                nodes 2 and 4, exchange one message each way, print a timeline
+  measure [RUNS]
+               build kadrtc, start a private 5-node testnet, then RUNS times
+               (default $DEFAULT_MEASURE_RUNS, 1..$MAX_MEASURE_RUNS) start two joiners (bootstrapped from
+               nodes 2 and 4) in a fresh room and record both channel_open
+               elapsed_ms; print count/median/p90/max/min per joiner and
+               combined, and write them to <state dir>/measure/results.json
   help         show this help
 
 state dir: $STATE
 environment:
   KADRTC_TESTNET_DIR  state directory (default: testnet/.run)
   KADRTC_BIN          kadrtc binary to use (default: target/release/kadrtc;
-                      demo does not build when this is set)
+                      demo and measure do not build when this is set)
   CARGO_TARGET_DIR    cargo target directory (default: target)
 EOF
 }
@@ -860,6 +1055,7 @@ main() {
   down) cmd_down "$@" ;;
   status) cmd_status "$@" ;;
   demo) cmd_demo "$@" ;;
+  measure) cmd_measure "$@" ;;
   help | -h | --help) usage ;;
   "")
     usage >&2

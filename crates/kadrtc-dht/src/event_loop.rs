@@ -41,21 +41,15 @@ struct EventLoop {
     commands: mpsc::Receiver<Command>,
     pending_put: HashMap<kad::QueryId, oneshot::Sender<Result<(), DhtError>>>,
     pending_providing: HashMap<kad::QueryId, oneshot::Sender<Result<(), DhtError>>>,
-    pending_providers: HashMap<
-        kad::QueryId,
-        (
-            HashSet<PeerId>,
-            oneshot::Sender<Result<Vec<PeerId>, DhtError>>,
-        ),
-    >,
-    pending_get: HashMap<
-        kad::QueryId,
-        (
-            Vec<Vec<u8>>,
-            oneshot::Sender<Result<Vec<Vec<u8>>, DhtError>>,
-        ),
-    >,
+    pending_providers: HashMap<kad::QueryId, Pending<Vec<PeerId>>>,
+    pending_get: HashMap<kad::QueryId, Pending<Vec<Vec<u8>>>>,
     topics: HashMap<gossipsub::TopicHash, (String, mpsc::Sender<TopicEvent>)>,
+}
+
+/// A query whose results are collected until it finishes.
+struct Pending<T> {
+    found: T,
+    reply: oneshot::Sender<Result<T, DhtError>>,
 }
 
 /// Builds the swarm, listens, bootstraps and spawns the loop. Returns the full listen
@@ -284,7 +278,13 @@ impl EventLoop {
             }
             Command::GetProviders { key, reply } => {
                 let id = behaviour.kad.get_providers(kad::RecordKey::new(&key));
-                self.pending_providers.insert(id, (HashSet::new(), reply));
+                self.pending_providers.insert(
+                    id,
+                    Pending {
+                        found: Vec::new(),
+                        reply,
+                    },
+                );
             }
             Command::PutRecord {
                 key,
@@ -305,7 +305,13 @@ impl EventLoop {
             }
             Command::GetRecord { key, reply } => {
                 let id = behaviour.kad.get_record(kad::RecordKey::new(&key));
-                self.pending_get.insert(id, (Vec::new(), reply));
+                self.pending_get.insert(
+                    id,
+                    Pending {
+                        found: Vec::new(),
+                        reply,
+                    },
+                );
             }
             Command::Subscribe {
                 topic,
@@ -352,12 +358,10 @@ impl EventLoop {
                 peer_id,
                 info,
                 ..
-            })) => {
+            })) if info.protocols.iter().any(|p| p.as_ref() == KAD_PROTOCOL) => {
                 // Only peers that speak our Kademlia protocol belong in the routing table.
-                if info.protocols.iter().any(|p| p.as_ref() == KAD_PROTOCOL) {
-                    for addr in info.listen_addrs {
-                        self.swarm.behaviour_mut().kad.add_address(&peer_id, addr);
-                    }
+                for addr in info.listen_addrs {
+                    self.swarm.behaviour_mut().kad.add_address(&peer_id, addr);
                 }
             }
             SwarmEvent::NewListenAddr { address, .. } => {
@@ -411,10 +415,10 @@ impl EventLoop {
                                 }
                             }
                         }
-                        if let Some((found, _)) = self.pending_providers.get_mut(&id) {
+                        if let Some(Pending { found, .. }) = self.pending_providers.get_mut(&id) {
                             for peer in providers.iter().filter(|p| **p != local) {
-                                if found.len() < MAX_PROVIDERS_PER_GET {
-                                    found.insert(*peer);
+                                if found.len() < MAX_PROVIDERS_PER_GET && !found.contains(peer) {
+                                    found.push(*peer);
                                 }
                             }
                         }
@@ -424,8 +428,8 @@ impl EventLoop {
                     }
                     if step.last || result.is_err() {
                         // A timed-out query still returns what it found.
-                        if let Some((found, reply)) = self.pending_providers.remove(&id) {
-                            let _ = reply.send(Ok(found.into_iter().collect()));
+                        if let Some(Pending { found, reply }) = self.pending_providers.remove(&id) {
+                            let _ = reply.send(Ok(found));
                         }
                     }
                 }
@@ -433,7 +437,9 @@ impl EventLoop {
                     let finished = step.last;
                     match result {
                         Ok(kad::GetRecordOk::FoundRecord(found)) => {
-                            if let Some((values, _)) = self.pending_get.get_mut(&id) {
+                            if let Some(Pending { found: values, .. }) =
+                                self.pending_get.get_mut(&id)
+                            {
                                 if values.len() < MAX_RECORDS_PER_GET
                                     && !values.contains(&found.record.value)
                                 {
@@ -447,7 +453,11 @@ impl EventLoop {
                         }
                     }
                     if finished {
-                        if let Some((values, reply)) = self.pending_get.remove(&id) {
+                        if let Some(Pending {
+                            found: values,
+                            reply,
+                        }) = self.pending_get.remove(&id)
+                        {
                             let _ = reply.send(Ok(values));
                         }
                     }

@@ -110,12 +110,10 @@ pub enum EnvelopeError {
     #[error("envelope carries an invalid public key")]
     InvalidPublicKey,
     /// The public key does not belong to the peer in `from`.
-    #[error("envelope public key belongs to {key_owner}, not to the sender {from}")]
+    #[error("envelope public key does not belong to the sender {from}")]
     SignerMismatch {
         /// The claimed sender.
         from: PeerId,
-        /// The peer the key belongs to.
-        key_owner: PeerId,
     },
     /// The signature does not verify.
     #[error("envelope signature from {from} does not verify")]
@@ -189,12 +187,8 @@ impl Envelope {
     /// [`EnvelopeError::TooLarge`] when the result exceeds [`MAX_ENVELOPE_SIZE`], and
     /// [`EnvelopeError::TooManyCandidates`] when a signal is over the candidate limits.
     pub fn sign(&self, keypair: &Keypair) -> Result<Vec<u8>, EnvelopeError> {
-        let key_owner = keypair.public().to_peer_id();
-        if key_owner != self.from {
-            return Err(EnvelopeError::SignerMismatch {
-                from: self.from,
-                key_owner,
-            });
+        if keypair.public().to_peer_id() != self.from {
+            return Err(EnvelopeError::SignerMismatch { from: self.from });
         }
         self.check_limits()?;
         let payload = encode(&WireEnvelope {
@@ -247,9 +241,8 @@ impl Envelope {
             .transpose()?;
         let public_key = PublicKey::try_decode_protobuf(&signed.public_key)
             .map_err(|_| EnvelopeError::InvalidPublicKey)?;
-        let key_owner = public_key.to_peer_id();
-        if key_owner != from {
-            return Err(EnvelopeError::SignerMismatch { from, key_owner });
+        if public_key.to_peer_id() != from {
+            return Err(EnvelopeError::SignerMismatch { from });
         }
         if !public_key.verify(&signed_message(&signed.payload), &signed.signature) {
             return Err(EnvelopeError::BadSignature { from });

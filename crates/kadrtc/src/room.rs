@@ -582,12 +582,10 @@ impl RoomActor {
 
     fn handle_topic_event(&mut self, event: TopicEvent) {
         match event {
-            TopicEvent::PeerSubscribed { peer } => {
-                if peer != self.local {
-                    self.discover(peer, Discovery::Gossipsub);
-                    // The newcomer missed our earlier announcement.
-                    self.announce_presence();
-                }
+            TopicEvent::PeerSubscribed { peer } if peer != self.local => {
+                self.discover(peer, Discovery::Gossipsub);
+                // The newcomer missed our earlier announcement.
+                self.announce_presence();
             }
             TopicEvent::Message { data, .. } => {
                 let Some(envelope) = self.accept_envelope(&data) else {
