@@ -121,10 +121,7 @@ async fn start_node(args: &CommonArgs) -> anyhow::Result<Node> {
 async fn run_node(args: CommonArgs, out: &Output) -> anyhow::Result<()> {
     let node = start_node(&args).await?;
     out.ready(&node);
-    tokio::signal::ctrl_c()
-        .await
-        .context("cannot wait for Ctrl-C")?;
-    Ok(())
+    shutdown_signal().await
 }
 
 async fn run_join(args: JoinArgs, out: &Output) -> anyhow::Result<()> {
@@ -158,7 +155,10 @@ async fn run_join(args: JoinArgs, out: &Output) -> anyhow::Result<()> {
                 Some(event) => out.room_event(&event),
                 None => break,
             },
-            _ = tokio::signal::ctrl_c() => break,
+            result = shutdown_signal() => {
+                result?;
+                break;
+            }
         }
         if !stdin_open {
             break;
@@ -166,6 +166,16 @@ async fn run_join(args: JoinArgs, out: &Output) -> anyhow::Result<()> {
     }
     room.leave().await;
     Ok(())
+}
+
+/// Resolves on Ctrl-C (SIGINT) or SIGTERM.
+async fn shutdown_signal() -> anyhow::Result<()> {
+    let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .context("cannot listen for SIGTERM")?;
+    tokio::select! {
+        result = tokio::signal::ctrl_c() => result.context("cannot listen for Ctrl-C"),
+        _ = terminate.recv() => Ok(()),
+    }
 }
 
 fn parse_multiaddr(text: &str) -> Result<Multiaddr, String> {

@@ -532,3 +532,38 @@ fn unreadable_identity_file_is_a_clear_error_and_a_new_one_is_created_and_reused
     );
     assert_eq!(second.ready().0, first_id);
 }
+
+#[test]
+fn ctrl_c_leaves_the_room_cleanly_and_the_other_member_is_told() {
+    let (_nodes, addrs) = network(1);
+    let room = room_name("ctrlc");
+    let mut a = Proc::join("ctrlc-a", &room, &addrs[0]);
+    let mut b = Proc::join("ctrlc-b", &room, &addrs[0]);
+    let (a_id, _) = a.ready();
+    b.ready();
+    a.wait_event("channel_open");
+    b.wait_event("channel_open");
+
+    let status = Command::new("kill")
+        .args(["-INT", &a.child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    b.wait_for("a leaving", |e| {
+        e["event"] == "peer_left" && e["peer_id"] == a_id.as_str()
+    });
+    // stdin is still open: the exit comes from the signal alone.
+    let end = Instant::now() + Duration::from_secs(20);
+    let exit = loop {
+        if let Some(status) = a.child.try_wait().unwrap() {
+            break status;
+        }
+        assert!(Instant::now() < end, "a did not exit after Ctrl-C");
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert!(
+        exit.success(),
+        "clean exit after Ctrl-C: {exit}; {}",
+        a.log()
+    );
+}
