@@ -399,13 +399,19 @@ impl Negotiation {
         let Some(session) = self.session.take() else {
             return;
         };
-        self.connected = false;
+        // A channel that was open and closed is not a failed attempt: reconnect promptly.
+        let was_connected = std::mem::take(&mut self.connected);
         self.attempt_deadline = None;
-        self.failures = self.failures.saturating_add(1);
+        self.failures = if was_connected {
+            0
+        } else {
+            self.failures.saturating_add(1)
+        };
         self.actions.push_back(Action::Close { session });
         let retry_in = match self.role {
             Role::Offerer => {
                 let exponent = self.failures.saturating_sub(1).min(16);
+                // After a closed channel (failures == 0) the first delay applies too.
                 let delay =
                     (self.config.retry_initial * 2u32.pow(exponent)).min(self.config.retry_max);
                 self.retry_at = Some(now + delay);
@@ -415,11 +421,13 @@ impl Negotiation {
         };
         self.fetch_interval = self.config.fetch_initial;
         self.next_fetch = Some(now + self.fetch_interval);
-        self.actions.push_back(Action::AttemptFailed {
-            session,
-            failures: self.failures,
-            retry_in,
-        });
+        if !was_connected {
+            self.actions.push_back(Action::AttemptFailed {
+                session,
+                failures: self.failures,
+                retry_in,
+            });
+        }
     }
 
     fn publish(&mut self) {
@@ -727,6 +735,24 @@ mod tests {
         assert_eq!(delays[0], config.retry_initial);
         assert_eq!(delays[1], config.retry_initial * 2);
         assert_eq!(*delays.last().unwrap(), config.retry_max);
+    }
+
+    #[test]
+    fn closed_channel_is_reopened_without_reporting_a_failed_attempt() {
+        let (a, b) = ordered_pair();
+        let now = Instant::now();
+        let config = NegotiationConfig::default();
+        let mut offerer = Negotiation::new(&a, b, config.clone(), now);
+        let session = offerer.session().expect("an attempt is running");
+        drain(&mut offerer);
+        offerer.handle_connected(session);
+        offerer.handle_failed(session, now);
+        let actions = drain(&mut offerer);
+        assert_eq!(actions, vec![Action::Close { session }]);
+        offerer.handle_timeout(now + config.retry_initial);
+        assert!(drain(&mut offerer)
+            .iter()
+            .any(|a| matches!(a, Action::StartOffer { .. })));
     }
 
     #[test]

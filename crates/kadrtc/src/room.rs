@@ -584,8 +584,16 @@ impl RoomActor {
         match event {
             TopicEvent::PeerSubscribed { peer } if peer != self.local => {
                 self.discover(peer, Discovery::Gossipsub);
-                // The newcomer missed our earlier announcement.
+                // The newcomer missed our earlier announcement, and any signaling state we
+                // published for it before it could hear us.
                 self.announce_presence();
+                let latest = self
+                    .peers
+                    .get(&peer)
+                    .and_then(|entry| entry.mailbox.borrow().clone());
+                if let Some(bytes) = latest {
+                    self.publish_on_topic(bytes);
+                }
             }
             TopicEvent::Message { data, .. } => {
                 let Some(envelope) = self.accept_envelope(&data) else {
