@@ -39,8 +39,8 @@ use tokio::sync::mpsc;
 use webrtc::data_channel::{DataChannel, DataChannelEvent};
 use webrtc::peer_connection::{
     PeerConnectionBuilder, PeerConnectionEventHandler, RTCConfigurationBuilder,
-    RTCIceCandidateInit, RTCIceGatheringState, RTCIceServer, RTCPeerConnectionIceEvent,
-    RTCPeerConnectionState, RTCSessionDescription, SettingEngineBuilder,
+    RTCIceCandidateInit, RTCIceConnectionState, RTCIceGatheringState, RTCIceServer,
+    RTCPeerConnectionIceEvent, RTCPeerConnectionState, RTCSessionDescription, SettingEngineBuilder,
 };
 
 /// Label of the data channel kadrtc opens between two peers.
@@ -347,6 +347,10 @@ impl<T: Clone + Send + Sync + 'static> PeerConnectionEventHandler for Handler<T>
         if state == RTCIceGatheringState::Complete {
             self.emit(RtcEvent::GatheringComplete).await;
         }
+    }
+
+    async fn on_ice_connection_state_change(&self, state: RTCIceConnectionState) {
+        tracing::debug!(%state, "ICE connection state");
     }
 
     async fn on_connection_state_change(&self, state: RTCPeerConnectionState) {

@@ -401,6 +401,7 @@ impl RoomActor {
     async fn perform(&mut self, peer: PeerId, action: Action) {
         match action {
             Action::StartOffer { session } => {
+                tracing::debug!(%peer, %session, "creating offer");
                 let result = self.new_connection(peer, session).await;
                 let result = match result {
                     Ok(pc) => pc.create_offer().await.map(|sdp| (pc, sdp)),
@@ -409,6 +410,7 @@ impl RoomActor {
                 self.install(peer, session, result);
             }
             Action::AcceptOffer { session, sdp } => {
+                tracing::debug!(%peer, %session, "accepting offer");
                 let result = self.new_connection(peer, session).await;
                 let result = match result {
                     Ok(pc) => pc.accept_offer(sdp).await.map(|answer| (pc, answer)),
@@ -423,6 +425,7 @@ impl RoomActor {
                 let Some((_, pc)) = entry.connection.as_ref().filter(|(s, _)| *s == session) else {
                     return;
                 };
+                tracing::debug!(%peer, %session, "applying answer");
                 match pc.apply_answer(sdp).await {
                     Ok(()) => entry.negotiation.handle_remote_description_applied(session),
                     Err(error) => {
