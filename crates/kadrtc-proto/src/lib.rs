@@ -43,5 +43,6 @@ pub use ids::{
 pub use libp2p_identity::{Keypair, PeerId};
 pub use negotiation::{
     Action, Disposition, Negotiation, NegotiationConfig, Role, DEFAULT_ATTEMPT_TIMEOUT,
-    DEFAULT_FETCH_INITIAL, DEFAULT_FETCH_MAX, DEFAULT_RETRY_INITIAL, DEFAULT_RETRY_MAX,
+    DEFAULT_FETCH_INITIAL, DEFAULT_FETCH_MAX, DEFAULT_MAX_FAILURES, DEFAULT_RETRY_INITIAL,
+    DEFAULT_RETRY_MAX,
 };

@@ -25,6 +25,12 @@ pub const DEFAULT_FETCH_MAX: Duration = Duration::from_secs(3);
 pub const DEFAULT_RETRY_INITIAL: Duration = Duration::from_millis(500);
 /// Longest delay between the offerer's retries.
 pub const DEFAULT_RETRY_MAX: Duration = Duration::from_secs(30);
+/// Failed attempts in a row (on the answerer's side: attempt timeouts spent waiting for an
+/// offer too) after which the negotiation gives up on the peer.
+pub const DEFAULT_MAX_FAILURES: u32 = 3;
+/// How many abandoned session ids are remembered, so that their offers, still stored in the
+/// mailbox, are not accepted again.
+const ABANDONED_SESSIONS: usize = 8;
 
 /// Which side of the pair this node plays. Fixed per pair: the smaller `PeerId` offers.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -48,6 +54,8 @@ pub struct NegotiationConfig {
     pub retry_initial: Duration,
     /// See [`DEFAULT_RETRY_MAX`].
     pub retry_max: Duration,
+    /// See [`DEFAULT_MAX_FAILURES`].
+    pub max_failures: u32,
 }
 
 impl Default for NegotiationConfig {
@@ -58,6 +66,7 @@ impl Default for NegotiationConfig {
             fetch_max: DEFAULT_FETCH_MAX,
             retry_initial: DEFAULT_RETRY_INITIAL,
             retry_max: DEFAULT_RETRY_MAX,
+            max_failures: DEFAULT_MAX_FAILURES,
         }
     }
 }
@@ -116,12 +125,18 @@ pub enum Action {
     },
     /// An attempt ended without an open channel; the offerer retries after `retry_in`.
     AttemptFailed {
-        /// The abandoned session.
-        session: SessionId,
+        /// The abandoned session (`None` when the answerer waited in vain for an offer).
+        session: Option<SessionId>,
         /// How many attempts have failed in a row.
         failures: u32,
         /// Delay before the next attempt (the offerer's) or `None` (the answerer waits).
         retry_in: Option<Duration>,
+    },
+    /// [`NegotiationConfig::max_failures`] attempts in a row failed: forget the peer. The
+    /// negotiation does nothing more.
+    GiveUp {
+        /// Failed attempts in a row.
+        failures: u32,
     },
 }
 
@@ -154,6 +169,8 @@ pub struct Negotiation {
     remote_description_applied: bool,
     answer_requested: bool,
     failures: u32,
+    given_up: bool,
+    abandoned: VecDeque<SessionId>,
     attempt_deadline: Option<Instant>,
     retry_at: Option<Instant>,
     next_fetch: Option<Instant>,
@@ -187,13 +204,19 @@ impl Negotiation {
             remote_description_applied: false,
             answer_requested: false,
             failures: 0,
+            given_up: false,
+            abandoned: VecDeque::new(),
             attempt_deadline: None,
             retry_at: None,
             next_fetch: Some(now),
             actions: VecDeque::new(),
         };
-        if role == Role::Offerer {
-            negotiation.start_attempt(now);
+        match role {
+            Role::Offerer => negotiation.start_attempt(now),
+            // The answerer waits for an offer, but not forever.
+            Role::Answerer => {
+                negotiation.attempt_deadline = Some(now + negotiation.config.attempt_timeout)
+            }
         }
         negotiation
     }
@@ -211,6 +234,11 @@ impl Negotiation {
     /// The current session, if an attempt is under way or connected.
     pub fn session(&self) -> Option<SessionId> {
         self.session
+    }
+
+    /// Whether the negotiation gave up on the peer (see [`Action::GiveUp`]).
+    pub fn has_given_up(&self) -> bool {
+        self.given_up
     }
 
     /// Whether the channel of the current session is open.
@@ -269,6 +297,9 @@ impl Negotiation {
     /// An envelope from the remote peer (already decoded, verified and checked to be from
     /// [`Negotiation::remote`], for this room and for us).
     pub fn handle_remote(&mut self, envelope: &Envelope, now: Instant) -> Disposition {
+        if self.given_up {
+            return Disposition::Ignored;
+        }
         match (&envelope.body, self.role) {
             (Body::Offer(signal), Role::Answerer) => self.handle_offer(envelope, signal, now),
             (Body::Answer(signal), Role::Offerer) => self.handle_answer(envelope, signal),
@@ -336,7 +367,9 @@ impl Negotiation {
             self.flush_candidates();
             return Disposition::Applied;
         }
-        if envelope.created_at < self.remote_created_at {
+        if envelope.created_at < self.remote_created_at
+            || self.abandoned.contains(&envelope.session)
+        {
             return Disposition::Stale;
         }
         if let Some(old) = self.session {
@@ -396,28 +429,44 @@ impl Negotiation {
     }
 
     fn abandon(&mut self, now: Instant) {
-        let Some(session) = self.session.take() else {
-            return;
-        };
+        let session = self.session.take();
         // A channel that was open and closed is not a failed attempt: reconnect promptly.
         let was_connected = std::mem::take(&mut self.connected);
         self.attempt_deadline = None;
+        if let Some(session) = session {
+            self.actions.push_back(Action::Close { session });
+            if self.abandoned.len() == ABANDONED_SESSIONS {
+                self.abandoned.pop_front();
+            }
+            self.abandoned.push_back(session);
+        }
         self.failures = if was_connected {
             0
         } else {
             self.failures.saturating_add(1)
         };
-        self.actions.push_back(Action::Close { session });
+        if self.failures >= self.config.max_failures {
+            self.given_up = true;
+            self.retry_at = None;
+            self.next_fetch = None;
+            self.actions.push_back(Action::GiveUp {
+                failures: self.failures,
+            });
+            return;
+        }
         let retry_in = match self.role {
             Role::Offerer => {
-                let exponent = self.failures.saturating_sub(1).min(16);
                 // After a closed channel (failures == 0) the first delay applies too.
+                let exponent = self.failures.saturating_sub(1).min(16);
                 let delay =
                     (self.config.retry_initial * 2u32.pow(exponent)).min(self.config.retry_max);
                 self.retry_at = Some(now + delay);
                 Some(delay)
             }
-            Role::Answerer => None,
+            Role::Answerer => {
+                self.attempt_deadline = Some(now + self.config.attempt_timeout);
+                None
+            }
         };
         self.fetch_interval = self.config.fetch_initial;
         self.next_fetch = Some(now + self.fetch_interval);
@@ -694,7 +743,7 @@ mod tests {
         let actions = drain(&mut offerer);
         assert!(actions.contains(&Action::Close { session: first }));
         assert!(actions.contains(&Action::AttemptFailed {
-            session: first,
+            session: Some(first),
             failures: 1,
             retry_in: Some(config.retry_initial)
         }));
@@ -715,7 +764,10 @@ mod tests {
     fn retry_backoff_doubles_and_is_capped() {
         let (a, b) = ordered_pair();
         let mut now = Instant::now();
-        let config = NegotiationConfig::default();
+        let config = NegotiationConfig {
+            max_failures: u32::MAX,
+            ..NegotiationConfig::default()
+        };
         let mut offerer = Negotiation::new(&a, b, config.clone(), now);
         let mut delays = Vec::new();
         for _ in 0..10 {
@@ -735,6 +787,81 @@ mod tests {
         assert_eq!(delays[0], config.retry_initial);
         assert_eq!(delays[1], config.retry_initial * 2);
         assert_eq!(*delays.last().unwrap(), config.retry_max);
+    }
+
+    #[test]
+    fn answerer_does_not_accept_again_the_offer_of_a_session_it_abandoned() {
+        let (a, b) = ordered_pair();
+        let now = Instant::now();
+        let config = NegotiationConfig::default();
+        let mut answerer = Negotiation::new(&b, a, config.clone(), now);
+        let offer = Envelope {
+            version: ENVELOPE_VERSION,
+            room_id: RoomName::new("lobby").unwrap().id(),
+            from: a,
+            to: Some(b),
+            session: SessionId::from_bytes([4; 16]),
+            seq: 1,
+            created_at: 10,
+            expires_at: 60_010,
+            body: Body::Offer(Signal::default()),
+        };
+        assert_eq!(answerer.handle_remote(&offer, now), Disposition::Applied);
+        answerer.handle_timeout(now + config.attempt_timeout);
+        assert!(drain(&mut answerer).contains(&Action::Close {
+            session: offer.session
+        }));
+        // The same offer, read again from the mailbox, is stale now.
+        assert_eq!(answerer.handle_remote(&offer, now), Disposition::Stale);
+        assert_eq!(answerer.session(), None);
+    }
+
+    #[test]
+    fn offerer_gives_up_after_max_failures_and_then_does_nothing() {
+        let (a, b) = ordered_pair();
+        let mut now = Instant::now();
+        let config = NegotiationConfig::default();
+        let mut offerer = Negotiation::new(&a, b, config.clone(), now);
+        let mut gave_up = None;
+        for _ in 0..1000 {
+            let Some(next) = offerer.poll_timeout() else {
+                break;
+            };
+            now = next;
+            offerer.handle_timeout(now);
+            for action in drain(&mut offerer) {
+                if let Action::GiveUp { failures } = action {
+                    gave_up = Some(failures);
+                }
+            }
+        }
+        assert_eq!(gave_up, Some(config.max_failures));
+        assert!(offerer.has_given_up());
+        assert_eq!(offerer.poll_timeout(), None);
+    }
+
+    #[test]
+    fn answerer_that_never_receives_an_offer_gives_up() {
+        let (a, b) = ordered_pair();
+        let start = Instant::now();
+        let config = NegotiationConfig::default();
+        let mut answerer = Negotiation::new(&b, a, config.clone(), start);
+        let mut now = start;
+        let mut failures = Vec::new();
+        while let Some(next) = answerer.poll_timeout() {
+            now = next;
+            answerer.handle_timeout(now);
+            for action in drain(&mut answerer) {
+                match action {
+                    Action::AttemptFailed { session, .. } => failures.push(session),
+                    Action::GiveUp { .. } => failures.push(None),
+                    _ => {}
+                }
+            }
+        }
+        assert_eq!(failures.len(), config.max_failures as usize);
+        assert!(answerer.has_given_up());
+        assert_eq!(now - start, config.attempt_timeout * config.max_failures);
     }
 
     #[test]

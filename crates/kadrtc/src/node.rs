@@ -1,10 +1,11 @@
 //! [`Node`]: one libp2p identity on the kadrtc network, and its builder.
 
+use std::collections::HashSet;
 use std::net::{IpAddr, Ipv4Addr};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use kadrtc_dht::{DhtConfig, DhtError, DhtHandle};
-use kadrtc_proto::{Keypair, RoomName, RoomNameError};
+use kadrtc_proto::{Keypair, RoomId, RoomName, RoomNameError};
 use kadrtc_rtc::RtcConfig;
 use libp2p::multiaddr::Protocol;
 use libp2p::{Multiaddr, PeerId};
@@ -24,6 +25,8 @@ pub(crate) struct NodeInner {
     pub(crate) dht: DhtHandle,
     pub(crate) keypair: Keypair,
     pub(crate) rtc: RtcConfig,
+    /// Rooms joined and not yet fully left; a room may be joined once at a time.
+    pub(crate) rooms: Mutex<HashSet<RoomId>>,
 }
 
 /// Configures and starts a [`Node`].
@@ -55,6 +58,9 @@ pub enum JoinError {
     /// The room name is not valid.
     #[error("invalid room name: {0}")]
     RoomName(#[from] RoomNameError),
+    /// This node is in the room already (or still leaving it).
+    #[error("already in room {0:?}; leave it first")]
+    AlreadyJoined(String),
     /// Subscribing to the room topic failed.
     #[error("cannot join the room topic")]
     Dht(#[source] DhtError),
@@ -82,8 +88,8 @@ impl Node {
     ///
     /// # Errors
     ///
-    /// [`JoinError::RoomName`] for an invalid name, [`JoinError::Dht`] when the room topic
-    /// cannot be joined.
+    /// [`JoinError::RoomName`] for an invalid name, [`JoinError::AlreadyJoined`] when this
+    /// node is in the room already, [`JoinError::Dht`] when the room topic cannot be joined.
     pub async fn join(&self, room: &str) -> Result<Room, JoinError> {
         self.join_with(room, RoomConfig::default()).await
     }
@@ -179,6 +185,7 @@ impl NodeBuilder {
                     bind_ips: ice_bind,
                     ice_servers: self.ice_servers,
                 },
+                rooms: Mutex::new(HashSet::new()),
             }),
         })
     }

@@ -4,7 +4,7 @@
 //! the WebRTC peer connections; the [`Room`] handle talks to it through bounded channels and
 //! reads open channels from a shared map to send without a round trip.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, PoisonError, RwLock};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -38,6 +38,11 @@ const RTC_EVENT_CAPACITY: usize = 1024;
 const INTERNAL_CAPACITY: usize = 256;
 /// How long leaving waits for the `Leave` announcement and connection teardown.
 const LEAVE_TIMEOUT: Duration = Duration::from_secs(2);
+/// How long a peer that left (or was given up on) is not rediscovered through stale provider
+/// records; a fresh announcement from it, or a new topic subscription, brings it back sooner.
+const DEPARTED_MEMORY: Duration = Duration::from_secs(120);
+/// Most departed peers remembered.
+const MAX_DEPARTED: usize = 256;
 
 /// Settings of one joined room.
 #[derive(Debug, Clone)]
@@ -52,6 +57,10 @@ pub struct RoomConfig {
     pub discovery_max: Duration,
     /// See [`DEFAULT_MAX_PEERS`].
     pub max_peers: usize,
+    /// Whether offers and answers are also published on the room topic (the fast path).
+    /// `false` leaves only the mailbox records: slower, for networks that filter gossipsub
+    /// and for testing the DHT path alone. Default `true`.
+    pub signal_on_topic: bool,
 }
 
 /// How a peer was discovered.
@@ -107,6 +116,13 @@ pub enum RoomEvent {
 #[derive(Debug, Error)]
 #[non_exhaustive]
 pub enum RoomError {
+    /// The negotiation with this peer failed too often; the peer is forgotten until it
+    /// announces itself again.
+    #[error("gave up after {failures} failed attempts")]
+    GaveUp {
+        /// Failed attempts in a row.
+        failures: u32,
+    },
     /// A negotiation attempt ended without an open channel.
     #[error("no channel after attempt {failures}{}", retry_text(*.retry_in))]
     AttemptFailed {
@@ -160,6 +176,10 @@ struct RoomActor {
     events: mpsc::Sender<RoomEvent>,
     rtc_tx: mpsc::Sender<(PeerTag, RtcEvent)>,
     internal_tx: mpsc::Sender<Internal>,
+    /// Events produced by synchronous handlers, delivered (awaited) by the run loop.
+    outbox: VecDeque<RoomEvent>,
+    /// Peers that left or were given up on, with when (Unix ms).
+    departed: HashMap<PeerId, u64>,
     next_discovery: Instant,
     discovery_interval: Duration,
     discovery_in_flight: bool,
@@ -170,6 +190,8 @@ struct PeerEntry {
     connection: Option<(SessionId, PeerConnection)>,
     open: bool,
     left_reported: bool,
+    /// `created_at` of the newest envelope seen from the peer (Unix ms).
+    newest_created_at: u64,
     /// Latest signed envelope for the remote's mailbox; a writer task puts it, in order.
     mailbox: watch::Sender<Option<Vec<u8>>>,
 }
@@ -193,6 +215,7 @@ impl Default for RoomConfig {
             discovery_initial: DEFAULT_DISCOVERY_INITIAL,
             discovery_max: DEFAULT_DISCOVERY_MAX,
             max_peers: DEFAULT_MAX_PEERS,
+            signal_on_topic: true,
         }
     }
 }
@@ -206,11 +229,24 @@ impl Room {
         let joined_at = Instant::now();
         let room = name.id();
         let topic = room.topic();
-        let topic_rx = node
-            .dht
-            .subscribe(topic.clone())
-            .await
-            .map_err(crate::JoinError::Dht)?;
+        if !node
+            .rooms
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert(room)
+        {
+            return Err(crate::JoinError::AlreadyJoined(name.to_string()));
+        }
+        let topic_rx = match node.dht.subscribe(topic.clone()).await {
+            Ok(topic_rx) => topic_rx,
+            Err(error) => {
+                node.rooms
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .remove(&room);
+                return Err(crate::JoinError::Dht(error));
+            }
+        };
         let local = node.dht.peer_id();
         let (events_tx, events) = mpsc::channel(EVENT_CHANNEL_CAPACITY);
         let (commands, commands_rx) = mpsc::channel(1);
@@ -230,6 +266,8 @@ impl Room {
             events: events_tx,
             rtc_tx,
             internal_tx,
+            outbox: VecDeque::new(),
+            departed: HashMap::new(),
             next_discovery: joined_at,
             discovery_in_flight: false,
         };
@@ -312,8 +350,13 @@ impl Room {
     /// Leaves the room: announces the departure on the room topic, withdraws the presence
     /// announcement and closes every channel (waiting at most 2 s).
     pub async fn leave(self) {
+        let Room {
+            events, commands, ..
+        } = self;
+        // Unread events must not keep the actor from seeing the command.
+        drop(events);
         let (reply, done) = oneshot::channel();
-        if self.commands.send(reply).await.is_ok() {
+        if commands.send(reply).await.is_ok() {
             let _ = tokio::time::timeout(LEAVE_TIMEOUT * 2, done).await;
         }
     }
@@ -346,6 +389,9 @@ impl RoomActor {
         });
         loop {
             self.drive().await;
+            while let Some(event) = self.outbox.pop_front() {
+                self.emit(event).await;
+            }
             let deadline = self.next_deadline();
             tokio::select! {
                 command = commands.recv() => {
@@ -457,7 +503,9 @@ impl RoomActor {
                         if let Some(entry) = self.peers.get(&peer) {
                             entry.mailbox.send_replace(Some(bytes.clone()));
                         }
-                        self.publish_on_topic(bytes);
+                        if self.config.signal_on_topic {
+                            self.publish_on_topic(bytes);
+                        }
                     }
                     Err(error) => tracing::warn!(%peer, %error, "envelope not published"),
                 }
@@ -485,10 +533,12 @@ impl RoomActor {
                     }
                     if entry.open {
                         entry.open = false;
+                        entry.left_reported = true;
                         self.channels
                             .write()
                             .unwrap_or_else(PoisonError::into_inner)
                             .remove(&peer);
+                        self.outbox.push_back(RoomEvent::PeerLeft { peer });
                     }
                 }
             }
@@ -501,6 +551,18 @@ impl RoomActor {
                     error: RoomError::AttemptFailed { failures, retry_in },
                 })
                 .await;
+            }
+            Action::GiveUp { failures } => {
+                tracing::warn!(%peer, failures, "giving up on peer");
+                if let Some(entry) = self.peers.get_mut(&peer) {
+                    // It never had an open channel to lose: no departure to report.
+                    entry.left_reported = true;
+                }
+                self.remove_peer(peer);
+                self.outbox.push_back(RoomEvent::Error {
+                    peer: Some(peer),
+                    error: RoomError::GaveUp { failures },
+                });
             }
             _ => {}
         }
@@ -586,6 +648,8 @@ impl RoomActor {
     fn handle_topic_event(&mut self, event: TopicEvent) {
         match event {
             TopicEvent::PeerSubscribed { peer } if peer != self.local => {
+                // A (re)subscription is a (re)join.
+                self.departed.remove(&peer);
                 self.discover(peer, Discovery::Gossipsub);
                 // The newcomer missed our earlier announcement, and any signaling state we
                 // published for it before it could hear us.
@@ -594,7 +658,7 @@ impl RoomActor {
                     .peers
                     .get(&peer)
                     .and_then(|entry| entry.mailbox.borrow().clone());
-                if let Some(bytes) = latest {
+                if let Some(bytes) = latest.filter(|_| self.config.signal_on_topic) {
                     self.publish_on_topic(bytes);
                 }
             }
@@ -603,13 +667,27 @@ impl RoomActor {
                     return;
                 };
                 let from = envelope.from;
-                match envelope.body {
-                    Body::Presence => self.discover(from, Discovery::Gossipsub),
-                    Body::Leave => self.remove_peer(from),
-                    _ => {
-                        self.discover(from, Discovery::Gossipsub);
-                        self.apply_remote(&envelope);
+                if matches!(envelope.body, Body::Leave) {
+                    // A replayed Leave older than what the peer said since changes nothing.
+                    let newest = self.peers.get(&from).map_or(0, |e| e.newest_created_at);
+                    if envelope.created_at >= newest {
+                        self.remove_peer(from);
                     }
+                    return;
+                }
+                if self
+                    .departed
+                    .get(&from)
+                    .is_some_and(|left| envelope.created_at > *left)
+                {
+                    self.departed.remove(&from);
+                }
+                self.discover(from, Discovery::Gossipsub);
+                if let Some(entry) = self.peers.get_mut(&from) {
+                    entry.newest_created_at = entry.newest_created_at.max(envelope.created_at);
+                }
+                if !matches!(envelope.body, Body::Presence) {
+                    self.apply_remote(&envelope);
                 }
             }
             _ => {}
@@ -674,6 +752,14 @@ impl RoomActor {
         if self.peers.contains_key(&peer) {
             return;
         }
+        if let Some(left) = self.departed.get(&peer) {
+            let age = unix_ms().saturating_sub(*left);
+            if u128::from(age) < DEPARTED_MEMORY.as_millis() {
+                tracing::trace!(%peer, "departed peer not rediscovered yet");
+                return;
+            }
+            self.departed.remove(&peer);
+        }
         if self.peers.len() >= self.config.max_peers {
             tracing::warn!(%peer, max = self.config.max_peers, "room is full; peer ignored");
             return;
@@ -698,13 +784,12 @@ impl RoomActor {
                 connection: None,
                 open: false,
                 left_reported: false,
+                newest_created_at: 0,
                 mailbox,
             },
         );
-        let event = RoomEvent::PeerDiscovered { peer, via };
-        if self.events.try_send(event).is_err() {
-            tracing::warn!(%peer, "event queue full; discovery not reported");
-        }
+        self.outbox
+            .push_back(RoomEvent::PeerDiscovered { peer, via });
     }
 
     fn remove_peer(&mut self, peer: PeerId) {
@@ -718,9 +803,20 @@ impl RoomActor {
             .write()
             .unwrap_or_else(PoisonError::into_inner)
             .remove(&peer);
-        if !entry.left_reported && self.events.try_send(RoomEvent::PeerLeft { peer }).is_err() {
-            tracing::warn!(%peer, "event queue full; departure not reported");
+        if !entry.left_reported {
+            self.outbox.push_back(RoomEvent::PeerLeft { peer });
         }
+        if self.departed.len() >= MAX_DEPARTED {
+            let oldest = self
+                .departed
+                .iter()
+                .min_by_key(|(_, at)| **at)
+                .map(|(peer, _)| *peer);
+            if let Some(oldest) = oldest {
+                self.departed.remove(&oldest);
+            }
+        }
+        self.departed.insert(peer, unix_ms());
     }
 
     fn start_discovery(&mut self, now: Instant) {
@@ -798,6 +894,12 @@ impl RoomActor {
             .collect();
         let close_all = futures::future::join_all(closing.iter().map(PeerConnection::close));
         let _ = tokio::time::timeout(LEAVE_TIMEOUT, close_all).await;
+        // Only now may the room be joined again.
+        self.node
+            .rooms
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .remove(&self.room);
     }
 }
 

@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use kadrtc::{Node, PeerId, Room, RoomEvent};
+use kadrtc::{Node, PeerId, Room, RoomConfig, RoomEvent};
 use tokio::time::timeout;
 
 async fn node(bootstrap: Option<&Node>) -> Node {
@@ -82,4 +82,41 @@ async fn invalid_room_name_is_refused() {
         lone.join("").await,
         Err(kadrtc::JoinError::RoomName(_))
     ));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mailbox_records_alone_carry_the_negotiation_when_the_topic_is_not_used() {
+    let first = node(None).await;
+    let a = node(Some(&first)).await;
+    let b = node(Some(&first)).await;
+    let mailbox_only = || RoomConfig {
+        signal_on_topic: false,
+        ..RoomConfig::default()
+    };
+    let mut room_a = a.join_with("mailbox-only", mailbox_only()).await.unwrap();
+    let mut room_b = b.join_with("mailbox-only", mailbox_only()).await.unwrap();
+    let (open_a, open_b) = timeout(Duration::from_secs(30), async {
+        tokio::join!(wait_open(&mut room_a), wait_open(&mut room_b))
+    })
+    .await
+    .expect("both channels open through mailbox polling alone");
+    assert_eq!((open_a, open_b), (b.peer_id(), a.peer_id()));
+    room_a.send(b.peer_id(), b"via the dht").await.unwrap();
+    let got = timeout(Duration::from_secs(10), wait_message(&mut room_b))
+        .await
+        .expect("message arrives");
+    assert_eq!(got, (a.peer_id(), b"via the dht".to_vec()));
+}
+
+#[tokio::test]
+async fn a_room_is_joined_once_at_a_time_and_can_be_joined_again_after_leaving() {
+    let lone = node(None).await;
+    let room = lone.join("once").await.unwrap();
+    assert!(matches!(
+        lone.join("once").await,
+        Err(kadrtc::JoinError::AlreadyJoined(_))
+    ));
+    room.leave().await;
+    let again = lone.join("once").await.expect("joinable after leaving");
+    again.leave().await;
 }
