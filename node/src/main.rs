@@ -137,6 +137,9 @@ async fn run_join(args: JoinArgs, out: &Output) -> anyhow::Result<()> {
     out.joined(&args.room);
     let mut lines = BufReader::new(tokio::io::stdin()).lines();
     let mut stdin_open = true;
+    // Created once, so that a signal arriving while the loop body runs is not lost.
+    let shutdown = shutdown_signal();
+    tokio::pin!(shutdown);
     loop {
         tokio::select! {
             line = lines.next_line(), if stdin_open => match line {
@@ -155,7 +158,7 @@ async fn run_join(args: JoinArgs, out: &Output) -> anyhow::Result<()> {
                 Some(event) => out.room_event(&event),
                 None => break,
             },
-            result = shutdown_signal() => {
+            result = &mut shutdown => {
                 result?;
                 break;
             }

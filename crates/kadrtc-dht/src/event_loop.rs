@@ -25,6 +25,14 @@ use crate::{
 const MAX_STORED_RECORDS: usize = 4096;
 /// Most keys this node itself provides.
 const MAX_PROVIDED_KEYS: usize = 1024;
+/// Most providers stored per key: room members announcing presence.
+const MAX_PROVIDERS_PER_KEY: usize = 256;
+/// How long a provider record lives; members republish at half of it while in the room,
+/// so members that left drop out of lookups within minutes, not libp2p's default 48 h.
+const PROVIDER_RECORD_TTL: Duration = Duration::from_secs(10 * 60);
+/// How long a stored record lives at most: an envelope's longest lifetime
+/// ([`kadrtc_proto::MAX_ENVELOPE_LIFETIME_MS`]).
+const RECORD_TTL: Duration = Duration::from_millis(kadrtc_proto::MAX_ENVELOPE_LIFETIME_MS);
 /// Prefix of every room topic (`kadrtc/room/<hex room id>`).
 const ROOM_TOPIC_PREFIX: &str = "kadrtc/room/";
 
@@ -204,14 +212,18 @@ fn build_swarm(config: &DhtConfig) -> Result<Swarm<Behaviour>, DhtError> {
             kad_config
                 .set_replication_factor(replication_factor)
                 .set_query_timeout(query_timeout)
-                .set_record_filtering(kad::StoreInserts::FilterBoth);
+                .set_record_filtering(kad::StoreInserts::FilterBoth)
+                .set_record_ttl(Some(RECORD_TTL))
+                .set_publication_interval(None)
+                .set_provider_record_ttl(Some(PROVIDER_RECORD_TTL))
+                .set_provider_publication_interval(Some(PROVIDER_RECORD_TTL / 2));
             let store = MemoryStore::with_config(
                 local,
                 kad::store::MemoryStoreConfig {
                     max_records: MAX_STORED_RECORDS,
                     max_value_bytes: MAX_ENVELOPE_SIZE,
                     max_provided_keys: MAX_PROVIDED_KEYS,
-                    max_providers_per_key: kad::K_VALUE.get(),
+                    max_providers_per_key: MAX_PROVIDERS_PER_KEY,
                 },
             );
             let mut kad = kad::Behaviour::with_config(local, store, kad_config);
@@ -472,14 +484,21 @@ impl EventLoop {
     }
 
     fn handle_inbound(&mut self, request: kad::InboundRequest) {
+        let now = unix_ms();
         let store = self.swarm.behaviour_mut().kad.store_mut();
         match request {
             kad::InboundRequest::PutRecord {
                 source,
-                record: Some(record),
+                record: Some(mut record),
                 ..
-            } => match validate_mailbox_record(record.key.as_ref(), &record.value, unix_ms()) {
+            } => match validate_mailbox_record(record.key.as_ref(), &record.value, now)
+                .and_then(|envelope| newer_than_stored(store, &record, envelope, now))
+            {
                 Ok(envelope) => {
+                    // The record lives no longer than the envelope it holds.
+                    let left = Duration::from_millis(envelope.expires_at.saturating_sub(now));
+                    let expires = std::time::Instant::now() + left;
+                    record.expires = Some(record.expires.map_or(expires, |e| e.min(expires)));
                     if let Err(error) = store.put(record) {
                         tracing::warn!(%source, %error, "record not stored");
                     } else {
@@ -546,6 +565,32 @@ impl EventLoop {
             .gossipsub
             .report_message_validation_result(&message_id, &propagation_source, acceptance);
     }
+}
+
+/// Refuses to replace a stored mailbox envelope with an older one (an earlier session, or a
+/// lower `seq` of the same session): a replay must not roll a mailbox back.
+fn newer_than_stored(
+    store: &mut MemoryStore,
+    record: &kad::Record,
+    envelope: Envelope,
+    now: u64,
+) -> Result<Envelope, EnvelopeError> {
+    let Some(stored) = store.get(&record.key) else {
+        return Ok(envelope);
+    };
+    let Ok(stored) = Envelope::decode(&stored.value, now) else {
+        // Expired or otherwise invalid: anything valid may replace it.
+        return Ok(envelope);
+    };
+    let older = if stored.session == envelope.session {
+        envelope.seq < stored.seq
+    } else {
+        envelope.created_at < stored.created_at
+    };
+    if older {
+        return Err(EnvelopeError::Stale);
+    }
+    Ok(envelope)
 }
 
 /// A room topic message must be a valid envelope of that topic's room.

@@ -205,3 +205,47 @@ async fn unreachable_bootstrap_is_a_clear_error() {
     .await;
     assert!(matches!(result, Err(DhtError::BootstrapUnreachable { .. })));
 }
+
+#[tokio::test]
+async fn storing_node_refuses_to_roll_a_mailbox_back_to_an_older_envelope() {
+    let storer = node(None).await;
+    let writer_key = Keypair::generate_ed25519();
+    let writer = DhtHandle::spawn(
+        DhtConfig::new(writer_key.clone())
+            .with_listen("/ip4/127.0.0.1/tcp/0".parse().unwrap())
+            .with_bootstrap(storer.listen_addrs()[0].clone()),
+    )
+    .await
+    .unwrap();
+    let to = PeerId::random();
+    let mut newer = offer(&writer_key, to, "lobby");
+    newer.seq = 2;
+    let mut older = newer.clone();
+    older.seq = 1;
+    let key = newer.room_id.mailbox_key(&newer.from, &to);
+    let newer_bytes = newer.sign(&writer_key).unwrap();
+    writer
+        .put_record(key.clone(), newer_bytes.clone(), TTL)
+        .await
+        .unwrap();
+    // A replay of an older state reaches the storer (the writer's own copy is overwritten
+    // locally, so the writer must leave before the read).
+    let _ = writer
+        .put_record(key.clone(), older.sign(&writer_key).unwrap(), TTL)
+        .await;
+    drop(writer);
+
+    let reader = node(Some(&storer)).await;
+    let values = eventually(Duration::from_secs(10), || {
+        let reader = reader.clone();
+        let key = key.clone();
+        async move { reader.get_record(key).await.ok().filter(|v| !v.is_empty()) }
+    })
+    .await
+    .expect("the storer holds a record");
+    assert_eq!(
+        values,
+        vec![newer_bytes],
+        "the storer kept the newer envelope"
+    );
+}

@@ -153,6 +153,10 @@ pub enum EnvelopeError {
     /// recipient.
     #[error("envelope does not belong under this mailbox key")]
     WrongMailbox,
+    /// An older envelope than the one already held for the same mailbox (earlier session, or
+    /// lower `seq` of the same session).
+    #[error("envelope is older than the one already stored")]
+    Stale,
     /// Signing failed.
     #[error("signing the envelope failed")]
     Signing(#[source] SigningError),

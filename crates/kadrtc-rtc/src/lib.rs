@@ -31,6 +31,7 @@
 
 use std::fmt;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use bytes::BytesMut;
@@ -119,6 +120,8 @@ pub struct Channel {
 struct Handler<T> {
     tag: T,
     events: mpsc::Sender<(T, RtcEvent)>,
+    /// Set once the remote's data channel has been taken; further ones are closed.
+    channel_taken: AtomicBool,
 }
 
 impl RtcConfig {
@@ -188,6 +191,7 @@ impl PeerConnection {
             .with_handler(Arc::new(Handler {
                 tag: tag.clone(),
                 events: events.clone(),
+                channel_taken: AtomicBool::new(false),
             }))
             .with_udp_addrs(bind)
             .with_data_channel_send_buffer_limit(DEFAULT_SEND_BUFFER_LIMIT)
@@ -365,6 +369,16 @@ impl<T: Clone + Send + Sync + 'static> PeerConnectionEventHandler for Handler<T>
     }
 
     async fn on_data_channel(&self, channel: Arc<dyn DataChannel>) {
+        // The remote may open one channel, labelled CHANNEL_LABEL; anything else is closed so
+        // that a peer cannot multiply channels or replace the one in use.
+        let label = channel.label().await.unwrap_or_default();
+        if label != CHANNEL_LABEL || self.channel_taken.swap(true, Ordering::SeqCst) {
+            tracing::warn!(%label, "unexpected data channel from the remote closed");
+            if let Err(error) = channel.close().await {
+                tracing::debug!(%error, "closing unexpected data channel");
+            }
+            return;
+        }
         tokio::spawn(pump_channel(channel, self.tag.clone(), self.events.clone()));
     }
 }
