@@ -25,6 +25,11 @@ pub const DEFAULT_FETCH_MAX: Duration = Duration::from_secs(3);
 pub const DEFAULT_RETRY_INITIAL: Duration = Duration::from_millis(500);
 /// Longest delay between the offerer's retries.
 pub const DEFAULT_RETRY_MAX: Duration = Duration::from_secs(30);
+/// How long a local description waits for its first candidate before it is published
+/// anyway. Publishing the SDP together with a candidate lets the remote put it in the remote
+/// description, so ICE has a candidate pair from its first check instead of waiting for its
+/// next check round.
+pub const DEFAULT_GATHER_GRACE: Duration = Duration::from_millis(50);
 /// Failed attempts in a row (on the answerer's side: attempt timeouts spent waiting for an
 /// offer too) after which the negotiation gives up on the peer.
 pub const DEFAULT_MAX_FAILURES: u32 = 3;
@@ -56,6 +61,8 @@ pub struct NegotiationConfig {
     pub retry_max: Duration,
     /// See [`DEFAULT_MAX_FAILURES`].
     pub max_failures: u32,
+    /// See [`DEFAULT_GATHER_GRACE`].
+    pub gather_grace: Duration,
 }
 
 impl Default for NegotiationConfig {
@@ -67,6 +74,7 @@ impl Default for NegotiationConfig {
             retry_initial: DEFAULT_RETRY_INITIAL,
             retry_max: DEFAULT_RETRY_MAX,
             max_failures: DEFAULT_MAX_FAILURES,
+            gather_grace: DEFAULT_GATHER_GRACE,
         }
     }
 }
@@ -81,22 +89,27 @@ pub enum Action {
         /// The new session.
         session: SessionId,
     },
-    /// Answerer: build a peer connection for `session`, set `sdp` as remote description,
-    /// create the answer, set it as local description and report it with
+    /// Answerer: build a peer connection for `session`, set `sdp` with `candidates` as remote
+    /// description, create the answer, set it as local description and report it with
     /// [`Negotiation::handle_local_description`].
     AcceptOffer {
         /// The offerer's session.
         session: SessionId,
         /// The offer's SDP.
         sdp: String,
+        /// The offer's candidates known so far, to be put in the remote description
+        /// (`a=candidate` lines, RFC 8839 §5.1); they count as applied.
+        candidates: Vec<String>,
     },
-    /// Offerer: set `sdp` as remote description, then call
+    /// Offerer: set `sdp` with `candidates` as remote description, then call
     /// [`Negotiation::handle_remote_description_applied`].
     ApplyAnswer {
         /// The current session.
         session: SessionId,
         /// The answer's SDP.
         sdp: String,
+        /// The answer's candidates known so far, as for [`Action::AcceptOffer`].
+        candidates: Vec<String>,
     },
     /// Add these remote candidates to the peer connection of `session` (the remote
     /// description is set by now; earlier candidates were buffered here).
@@ -170,6 +183,7 @@ pub struct Negotiation {
     answer_requested: bool,
     failures: u32,
     given_up: bool,
+    publish_at: Option<Instant>,
     abandoned: VecDeque<SessionId>,
     attempt_deadline: Option<Instant>,
     retry_at: Option<Instant>,
@@ -205,6 +219,7 @@ impl Negotiation {
             answer_requested: false,
             failures: 0,
             given_up: false,
+            publish_at: None,
             abandoned: VecDeque::new(),
             attempt_deadline: None,
             retry_at: None,
@@ -246,8 +261,9 @@ impl Negotiation {
         self.connected
     }
 
-    /// The local description of `session` is set; `sdp` is its SDP. Publishes the local state.
-    pub fn handle_local_description(&mut self, session: SessionId, sdp: String) {
+    /// The local description of `session` is set; `sdp` is its SDP. Publishes the local state
+    /// as soon as it holds a candidate, or after [`NegotiationConfig::gather_grace`].
+    pub fn handle_local_description(&mut self, session: SessionId, sdp: String, now: Instant) {
         if self.session != Some(session) {
             return;
         }
@@ -258,7 +274,11 @@ impl Negotiation {
             self.remote_description_applied = true;
             self.flush_candidates();
         }
-        self.publish();
+        if self.local.candidates.is_empty() && !self.local.end_of_candidates {
+            self.publish_at = Some(now + self.config.gather_grace);
+        } else {
+            self.publish();
+        }
     }
 
     /// A local candidate of `session` was gathered (`candidate:...` form). Republishes the
@@ -329,14 +349,22 @@ impl Negotiation {
 
     /// The earliest time at which [`Negotiation::handle_timeout`] must be called.
     pub fn poll_timeout(&self) -> Option<Instant> {
-        [self.attempt_deadline, self.retry_at, self.next_fetch]
-            .into_iter()
-            .flatten()
-            .min()
+        [
+            self.publish_at,
+            self.attempt_deadline,
+            self.retry_at,
+            self.next_fetch,
+        ]
+        .into_iter()
+        .flatten()
+        .min()
     }
 
     /// Runs the timers that are due at `now`.
     pub fn handle_timeout(&mut self, now: Instant) {
+        if self.publish_at.is_some_and(|t| t <= now) {
+            self.publish();
+        }
         if self.attempt_deadline.is_some_and(|t| t <= now) {
             self.attempt_deadline = None;
             self.abandon(now);
@@ -379,9 +407,11 @@ impl Negotiation {
         self.remote_seq = envelope.seq;
         self.remote_created_at = envelope.created_at;
         self.remote_candidates.clone_from(&signal.candidates);
+        self.applied_candidates = self.remote_candidates.len();
         self.actions.push_back(Action::AcceptOffer {
             session: envelope.session,
             sdp: signal.sdp.clone(),
+            candidates: signal.candidates.clone(),
         });
         Disposition::Applied
     }
@@ -397,9 +427,11 @@ impl Negotiation {
         self.remote_candidates.clone_from(&signal.candidates);
         if !self.answer_requested {
             self.answer_requested = true;
+            self.applied_candidates = self.remote_candidates.len();
             self.actions.push_back(Action::ApplyAnswer {
                 session,
                 sdp: signal.sdp.clone(),
+                candidates: signal.candidates.clone(),
             });
         }
         self.flush_candidates();
@@ -423,6 +455,7 @@ impl Negotiation {
         self.applied_candidates = 0;
         self.remote_description_applied = false;
         self.answer_requested = false;
+        self.publish_at = None;
         self.attempt_deadline = Some(now + self.config.attempt_timeout);
         self.fetch_interval = self.config.fetch_initial;
         self.next_fetch = Some(now + self.fetch_interval);
@@ -433,6 +466,7 @@ impl Negotiation {
         // A channel that was open and closed is not a failed attempt: reconnect promptly.
         let was_connected = std::mem::take(&mut self.connected);
         self.attempt_deadline = None;
+        self.publish_at = None;
         if let Some(session) = session {
             self.actions.push_back(Action::Close { session });
             if self.abandoned.len() == ABANDONED_SESSIONS {
@@ -480,6 +514,7 @@ impl Negotiation {
     }
 
     fn publish(&mut self) {
+        self.publish_at = None;
         let Some(session) = self.session else {
             return;
         };
@@ -582,45 +617,80 @@ mod tests {
         let Some(Action::StartOffer { session }) = offerer.poll_action() else {
             panic!("offerer must start");
         };
-        offerer.handle_local_description(session, "offer-sdp".into());
+        offerer.handle_local_description(session, "offer-sdp".into(), now);
+        assert!(
+            drain(&mut offerer).is_empty(),
+            "the offer waits for its first candidate"
+        );
         offerer.handle_local_candidate(session, "c1".into());
         let published = drain(&mut offerer);
-        assert_eq!(published.len(), 2, "one publish per change: {published:?}");
+        assert_eq!(published.len(), 1, "{published:?}");
         let offer = envelope_from(a, b, last_publish(&published), 1);
         assert_eq!(answerer.handle_remote(&offer, now), Disposition::Applied);
-        let actions = drain(&mut answerer);
         assert_eq!(
-            actions,
+            drain(&mut answerer),
             vec![Action::AcceptOffer {
                 session,
-                sdp: "offer-sdp".into()
+                sdp: "offer-sdp".into(),
+                candidates: vec!["c1".into()],
             }]
         );
-        answerer.handle_local_description(session, "answer-sdp".into());
+        answerer.handle_local_description(session, "answer-sdp".into(), now);
+        answerer.handle_local_candidate(session, "c2".into());
         let actions = drain(&mut answerer);
-        assert_eq!(
-            actions[0],
-            Action::AddRemoteCandidates {
-                session,
-                candidates: vec!["c1".into()]
-            }
-        );
+        assert_eq!(actions.len(), 1, "c1 came with the offer: {actions:?}");
         let answer = envelope_from(b, a, last_publish(&actions), 2);
         assert_eq!(offerer.handle_remote(&answer, now), Disposition::Applied);
         assert_eq!(
             drain(&mut offerer),
             vec![Action::ApplyAnswer {
                 session,
-                sdp: "answer-sdp".into()
+                sdp: "answer-sdp".into(),
+                candidates: vec!["c2".into()],
             }]
         );
         offerer.handle_remote_description_applied(session);
-        assert!(drain(&mut offerer).is_empty(), "answer had no candidates");
+        assert!(drain(&mut offerer).is_empty(), "c2 came with the answer");
+
+        // A later candidate is republished and applied once.
+        offerer.handle_local_candidate(session, "c3".into());
+        let published = drain(&mut offerer);
+        let mut update = envelope_from(a, b, last_publish(&published), 3);
+        assert_eq!(answerer.handle_remote(&update, now), Disposition::Applied);
+        assert_eq!(
+            drain(&mut answerer),
+            vec![Action::AddRemoteCandidates {
+                session,
+                candidates: vec!["c3".into()]
+            }]
+        );
+        update.created_at = 4;
+        assert_eq!(answerer.handle_remote(&update, now), Disposition::Stale);
+
         offerer.handle_connected(session);
         answerer.handle_connected(session);
         assert!(offerer.is_connected() && answerer.is_connected());
         assert_eq!(offerer.poll_timeout(), None);
         assert_eq!(answerer.poll_timeout(), None);
+    }
+
+    #[test]
+    fn description_without_candidates_is_published_after_the_gather_grace() {
+        let (a, b) = ordered_pair();
+        let now = Instant::now();
+        let config = NegotiationConfig::default();
+        let mut offerer = Negotiation::new(&a, b, config.clone(), now);
+        let Some(Action::StartOffer { session }) = offerer.poll_action() else {
+            panic!("offerer must start");
+        };
+        offerer.handle_local_description(session, "offer".into(), now);
+        assert!(drain(&mut offerer).is_empty());
+        assert_eq!(offerer.poll_timeout(), Some(now + config.gather_grace));
+        offerer.handle_timeout(now + config.gather_grace);
+        assert!(matches!(
+            drain(&mut offerer).as_slice(),
+            [Action::Publish { seq: 1, .. }]
+        ));
     }
 
     #[test]
@@ -631,7 +701,7 @@ mod tests {
         let Some(Action::StartOffer { session }) = offerer.poll_action() else {
             panic!("offerer must start");
         };
-        offerer.handle_local_description(session, "offer".into());
+        offerer.handle_local_description(session, "offer".into(), now);
         drain(&mut offerer);
         // The answer arrives in two envelopes with growing candidate lists before the offerer
         // has applied the answer.
@@ -660,16 +730,20 @@ mod tests {
         offerer.handle_remote(&answer, now);
         let actions = drain(&mut offerer);
         assert_eq!(
-            actions.len(),
-            1,
-            "only the answer, no candidates yet: {actions:?}"
+            actions,
+            vec![Action::ApplyAnswer {
+                session,
+                sdp: "answer".into(),
+                candidates: vec!["c1".into()],
+            }],
+            "only the answer with the candidates it came with, c2 waits"
         );
         offerer.handle_remote_description_applied(session);
         assert_eq!(
             drain(&mut offerer),
             vec![Action::AddRemoteCandidates {
                 session,
-                candidates: vec!["c1".into(), "c2".into()]
+                candidates: vec!["c2".into()]
             }]
         );
     }
@@ -930,7 +1004,7 @@ mod tests {
         for i in 0..MAX_CANDIDATES + 5 {
             offerer.handle_local_candidate(session, format!("c{i}"));
         }
-        offerer.handle_local_description(session, "sdp".into());
+        offerer.handle_local_description(session, "sdp".into(), now);
         let Some(Action::Publish {
             body: Body::Offer(signal),
             ..

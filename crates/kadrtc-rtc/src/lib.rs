@@ -12,8 +12,8 @@
 //! let offerer = PeerConnection::new(&RtcConfig::loopback(), "a", tx.clone()).await?;
 //! let answerer = PeerConnection::new(&RtcConfig::loopback(), "b", tx).await?;
 //! let offer = offerer.create_offer().await?;
-//! let answer = answerer.accept_offer(offer).await?;
-//! offerer.apply_answer(answer).await?;
+//! let answer = answerer.accept_offer(offer, &[]).await?;
+//! offerer.apply_answer(answer, &[]).await?;
 //! while let Some((tag, event)) = rx.recv().await {
 //!     match (tag, event) {
 //!         ("a", RtcEvent::LocalCandidate(c)) => answerer.add_candidate(c).await?,
@@ -227,14 +227,20 @@ impl PeerConnection {
         self.local_sdp().await
     }
 
-    /// Answerer: sets the offer `sdp` as remote description, creates the answer, sets it as
-    /// local description and returns its SDP.
+    /// Answerer: sets the offer `sdp`, with `candidates` (`candidate:...` form) added to it,
+    /// as remote description, creates the answer, sets it as local description and returns its
+    /// SDP. Candidates given here give ICE its candidate pairs before its first check.
     ///
     /// # Errors
     ///
     /// [`RtcError`] when the offer is not valid SDP or webrtc-rs refuses a step.
-    pub async fn accept_offer(&self, sdp: String) -> Result<String, RtcError> {
-        let offer = RTCSessionDescription::offer(sdp).map_err(webrtc_error)?;
+    pub async fn accept_offer(
+        &self,
+        sdp: String,
+        candidates: &[String],
+    ) -> Result<String, RtcError> {
+        let offer = RTCSessionDescription::offer(with_candidates(&sdp, candidates))
+            .map_err(webrtc_error)?;
         self.inner
             .set_remote_description(offer)
             .await
@@ -247,13 +253,14 @@ impl PeerConnection {
         self.local_sdp().await
     }
 
-    /// Offerer: sets the answer `sdp` as remote description.
+    /// Offerer: sets the answer `sdp`, with `candidates` added to it, as remote description.
     ///
     /// # Errors
     ///
     /// [`RtcError`] when the answer is not valid SDP or does not match the offer.
-    pub async fn apply_answer(&self, sdp: String) -> Result<(), RtcError> {
-        let answer = RTCSessionDescription::answer(sdp).map_err(webrtc_error)?;
+    pub async fn apply_answer(&self, sdp: String, candidates: &[String]) -> Result<(), RtcError> {
+        let answer = RTCSessionDescription::answer(with_candidates(&sdp, candidates))
+            .map_err(webrtc_error)?;
         self.inner
             .set_remote_description(answer)
             .await
@@ -406,6 +413,74 @@ async fn pump_channel<T: Clone + Send + 'static>(
     let _ = events.send((tag, RtcEvent::ChannelClosed)).await;
 }
 
+/// Adds `a=candidate` lines (RFC 8839 §5.1) for `candidates` at the end of the SDP's first
+/// media section, kadrtc's only one. A candidate holding a line break or not in
+/// `candidate:...` form is skipped, so it cannot inject other SDP lines.
+fn with_candidates(sdp: &str, candidates: &[String]) -> String {
+    let usable: Vec<&String> = candidates
+        .iter()
+        .filter(|c| c.starts_with("candidate:") && !c.chars().any(char::is_control))
+        .collect();
+    if usable.is_empty() {
+        return sdp.to_string();
+    }
+    let mut out =
+        String::with_capacity(sdp.len() + usable.iter().map(|c| c.len() + 4).sum::<usize>());
+    let mut in_first_media = false;
+    let mut inserted = false;
+    for line in sdp.split_inclusive('\n') {
+        if line.starts_with("m=") {
+            if in_first_media && !inserted {
+                push_candidates(&mut out, &usable);
+                inserted = true;
+            }
+            in_first_media = !inserted;
+        }
+        out.push_str(line);
+    }
+    if in_first_media && !inserted {
+        if !out.ends_with('\n') {
+            out.push_str("\r\n");
+        }
+        push_candidates(&mut out, &usable);
+    }
+    out
+}
+
+fn push_candidates(out: &mut String, candidates: &[&String]) {
+    for candidate in candidates {
+        out.push_str("a=");
+        out.push_str(candidate);
+        out.push_str("\r\n");
+    }
+}
+
 fn webrtc_error(error: impl fmt::Display) -> RtcError {
     RtcError::Webrtc(error.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SDP: &str = "v=0\r\no=- 1 1 IN IP4 0.0.0.0\r\ns=-\r\nt=0 0\r\nm=application 9 UDP/DTLS/SCTP webrtc-datachannel\r\na=mid:0\r\n";
+
+    #[test]
+    fn candidates_are_added_to_the_first_media_section() {
+        let candidate = "candidate:1 1 udp 2130706431 127.0.0.1 5000 typ host".to_string();
+        let sdp = with_candidates(SDP, std::slice::from_ref(&candidate));
+        assert_eq!(sdp, format!("{SDP}a={candidate}\r\n"));
+
+        let two_sections = format!("{SDP}m=audio 9 RTP/AVP 0\r\na=mid:1\r\n");
+        let sdp = with_candidates(&two_sections, std::slice::from_ref(&candidate));
+        assert!(sdp.contains(&format!("a=mid:0\r\na={candidate}\r\nm=audio")));
+    }
+
+    #[test]
+    fn candidates_cannot_inject_sdp_lines() {
+        let evil =
+            "candidate:1 1 udp 1 127.0.0.1 5000 typ host\r\na=fingerprint:sha-256 00".to_string();
+        let not_a_candidate = "a=fingerprint:sha-256 00".to_string();
+        assert_eq!(with_candidates(SDP, &[evil, not_a_candidate]), SDP);
+    }
 }

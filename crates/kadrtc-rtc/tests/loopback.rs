@@ -16,8 +16,8 @@ async fn loopback_pair_opens_a_channel_and_carries_messages_both_ways() {
         .await
         .unwrap();
     let offer = offerer.create_offer().await.unwrap();
-    let answer = answerer.accept_offer(offer).await.unwrap();
-    offerer.apply_answer(answer).await.unwrap();
+    let answer = answerer.accept_offer(offer, &[]).await.unwrap();
+    offerer.apply_answer(answer, &[]).await.unwrap();
 
     let mut received = Vec::new();
     let mut candidates = 0;

@@ -455,16 +455,27 @@ impl RoomActor {
                 };
                 self.install(peer, session, result);
             }
-            Action::AcceptOffer { session, sdp } => {
+            Action::AcceptOffer {
+                session,
+                sdp,
+                candidates,
+            } => {
                 tracing::debug!(%peer, %session, "accepting offer");
                 let result = self.new_connection(peer, session).await;
                 let result = match result {
-                    Ok(pc) => pc.accept_offer(sdp).await.map(|answer| (pc, answer)),
+                    Ok(pc) => pc
+                        .accept_offer(sdp, &candidates)
+                        .await
+                        .map(|answer| (pc, answer)),
                     Err(e) => Err(e),
                 };
                 self.install(peer, session, result);
             }
-            Action::ApplyAnswer { session, sdp } => {
+            Action::ApplyAnswer {
+                session,
+                sdp,
+                candidates,
+            } => {
                 let Some(entry) = self.peers.get_mut(&peer) else {
                     return;
                 };
@@ -472,7 +483,7 @@ impl RoomActor {
                     return;
                 };
                 tracing::debug!(%peer, %session, "applying answer");
-                match pc.apply_answer(sdp).await {
+                match pc.apply_answer(sdp, &candidates).await {
                     Ok(()) => entry.negotiation.handle_remote_description_applied(session),
                     Err(error) => {
                         tracing::warn!(%peer, %error, "answer refused");
@@ -597,7 +608,9 @@ impl RoomActor {
         match result {
             Ok((pc, sdp)) => {
                 entry.connection = Some((session, pc));
-                entry.negotiation.handle_local_description(session, sdp);
+                entry
+                    .negotiation
+                    .handle_local_description(session, sdp, Instant::now());
             }
             Err(error) => {
                 tracing::warn!(%peer, %error, "peer connection setup failed");
