@@ -88,6 +88,7 @@ pub(crate) async fn start(
     }
 
     let mut bootstrap_peers = HashSet::new();
+    let mut dial_errors = Vec::new();
     for addr in &config.bootstrap {
         let Some(Protocol::P2p(peer)) = addr.iter().last() else {
             return Err(DhtError::BootstrapWithoutPeerId(addr.clone()));
@@ -100,15 +101,22 @@ pub(crate) async fn start(
         bootstrap_peers.insert(peer);
         if let Err(error) = swarm.dial(addr.clone()) {
             tracing::warn!(%addr, %error, "cannot dial bootstrap peer");
+            dial_errors.push(format!("{addr}: {error}"));
         }
     }
 
     // Wait until every listener has an address and, when bootstrapping, one bootstrap peer
     // is connected.
     let mut addrs = Vec::new();
-    let mut dial_errors = Vec::new();
     let mut connected = bootstrap_peers.is_empty();
-    let mut failed_peers = HashSet::new();
+    // Every bootstrap address is one dial; give up early only when all of them failed.
+    let mut dials_in_flight = config.bootstrap.len() - dial_errors.len();
+    if dials_in_flight == 0 && !config.bootstrap.is_empty() {
+        return Err(DhtError::BootstrapUnreachable {
+            timeout: Duration::ZERO,
+            details: dial_errors.join("; "),
+        });
+    }
     let deadline = tokio::time::sleep(config.bootstrap_timeout);
     tokio::pin!(deadline);
     while !listeners.is_empty() || !connected {
@@ -129,8 +137,8 @@ pub(crate) async fn start(
                 }
                 SwarmEvent::OutgoingConnectionError { peer_id: Some(peer), error, .. } if bootstrap_peers.contains(&peer) => {
                     dial_errors.push(format!("{peer}: {error}"));
-                    failed_peers.insert(peer);
-                    if failed_peers.len() == bootstrap_peers.len() && !connected {
+                    dials_in_flight = dials_in_flight.saturating_sub(1);
+                    if dials_in_flight == 0 && !connected {
                         return Err(DhtError::BootstrapUnreachable {
                             timeout: config.bootstrap_timeout,
                             details: dial_errors.join("; "),
