@@ -4,27 +4,24 @@ use std::io::Write as _;
 use std::path::Path;
 
 use anyhow::Context as _;
-use kadrtc::Keypair;
+use kadrtc::Identity;
 
-/// Reads the keypair in `path`, or creates the file with a fresh ed25519 keypair (mode 0600)
+/// Reads the identity in `path`, or creates the file with a fresh ed25519 identity (mode 0600)
 /// when it does not exist.
-pub fn load_or_create(path: &Path) -> anyhow::Result<Keypair> {
+pub fn load_or_create(path: &Path) -> anyhow::Result<Identity> {
     match std::fs::read(path) {
-        Ok(bytes) => Keypair::from_protobuf_encoding(&bytes).with_context(|| {
+        Ok(bytes) => Identity::from_bytes(&bytes).with_context(|| {
             format!(
                 "identity file {} is not a libp2p key (protobuf encoding); remove it to create a new identity",
                 path.display()
             )
         }),
         Err(error) if error.kind() == std::io::ErrorKind::NotFound => {
-            let keypair = Keypair::generate_ed25519();
-            let bytes = keypair
-                .to_protobuf_encoding()
-                .context("cannot encode the new identity")?;
-            write_private(path, &bytes)
+            let identity = Identity::generate();
+            write_private(path, &identity.to_bytes())
                 .with_context(|| format!("cannot create identity file {}", path.display()))?;
             tracing::info!(path = %path.display(), "created a new identity");
-            Ok(keypair)
+            Ok(identity)
         }
         Err(error) => Err(error)
             .with_context(|| format!("cannot read identity file {}", path.display())),

@@ -38,10 +38,12 @@
 #![deny(missing_docs)]
 #![cfg_attr(not(test), deny(clippy::unwrap_used))]
 
+mod identity;
 mod node;
 mod room;
 
-pub use kadrtc_proto::{Keypair, NegotiationConfig};
+pub use identity::{Identity, IdentityError};
+pub use kadrtc_proto::NegotiationConfig;
 pub use kadrtc_rtc::MAX_MESSAGE_SIZE;
 pub use libp2p::{Multiaddr, PeerId};
 pub use node::{JoinError, Node, NodeBuilder, NodeError};

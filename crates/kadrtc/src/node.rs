@@ -6,6 +6,8 @@ use std::sync::{Arc, Mutex};
 
 use kadrtc_dht::{DhtConfig, DhtError, DhtHandle};
 use kadrtc_proto::{Keypair, RoomId, RoomName, RoomNameError};
+
+use crate::Identity;
 use kadrtc_rtc::RtcConfig;
 use libp2p::multiaddr::Protocol;
 use libp2p::{Multiaddr, PeerId};
@@ -32,7 +34,7 @@ pub(crate) struct NodeInner {
 /// Configures and starts a [`Node`].
 #[derive(Debug, Default)]
 pub struct NodeBuilder {
-    keypair: Option<Keypair>,
+    identity: Option<Identity>,
     listen: Vec<Multiaddr>,
     bootstrap: Vec<Multiaddr>,
     ice_bind: Vec<IpAddr>,
@@ -115,8 +117,8 @@ impl std::fmt::Debug for Node {
 
 impl NodeBuilder {
     /// Uses this identity instead of a fresh one; its `PeerId` names the node.
-    pub fn identity(mut self, keypair: Keypair) -> Self {
-        self.keypair = Some(keypair);
+    pub fn identity(mut self, identity: Identity) -> Self {
+        self.identity = Some(identity);
         self
     }
 
@@ -160,7 +162,11 @@ impl NodeBuilder {
                 return Err(NodeError::BootstrapWithoutPeerId(addr.clone()));
             }
         }
-        let keypair = self.keypair.unwrap_or_else(Keypair::generate_ed25519);
+        let keypair = self
+            .identity
+            .unwrap_or_else(Identity::generate)
+            .keypair()
+            .clone();
         let listen = if self.listen.is_empty() {
             vec![Multiaddr::empty()
                 .with(Protocol::Ip4(Ipv4Addr::UNSPECIFIED))

@@ -362,6 +362,18 @@ impl Room {
     }
 }
 
+/// The room's events as a `Stream`, the same as [`Room::next_event`].
+impl futures::Stream for Room {
+    type Item = RoomEvent;
+
+    fn poll_next(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<RoomEvent>> {
+        self.events.poll_recv(cx)
+    }
+}
+
 impl std::fmt::Debug for Room {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Room")

@@ -14,10 +14,11 @@ async fn node(bootstrap: Option<&Node>) -> Node {
     builder.build().await.unwrap()
 }
 
-/// Waits for the channel-open event and returns the peer.
+/// Waits for the channel-open event and returns the peer (reading the room as a `Stream`).
 async fn wait_open(room: &mut Room) -> PeerId {
+    use futures::StreamExt as _;
     loop {
-        match room.next_event().await.expect("room is open") {
+        match room.next().await.expect("room is open") {
             RoomEvent::ChannelOpen { peer, .. } => return peer,
             _ => continue,
         }
