@@ -568,21 +568,32 @@ mod tests {
         std::iter::from_fn(|| n.poll_action()).collect()
     }
 
-    fn envelope_from(from: PeerId, to: PeerId, action: &Action, created_at: u64) -> Envelope {
-        let Action::Publish { session, seq, body } = action else {
-            panic!("not a publish: {action:?}");
-        };
+    /// An envelope of room "lobby" from `from` to `to`, valid for a minute after `created_at`.
+    fn envelope(
+        (from, to): (PeerId, PeerId),
+        session: SessionId,
+        seq: u64,
+        created_at: u64,
+        body: Body,
+    ) -> Envelope {
         Envelope {
             version: ENVELOPE_VERSION,
             room_id: RoomName::new("lobby").unwrap().id(),
             from,
             to: Some(to),
-            session: *session,
-            seq: *seq,
+            session,
+            seq,
             created_at,
             expires_at: created_at + 60_000,
-            body: body.clone(),
+            body,
         }
+    }
+
+    fn envelope_from(from: PeerId, to: PeerId, action: &Action, created_at: u64) -> Envelope {
+        let Action::Publish { session, seq, body } = action else {
+            panic!("not a publish: {action:?}");
+        };
+        envelope((from, to), *session, *seq, created_at, body.clone())
     }
 
     fn last_publish(actions: &[Action]) -> &Action {
@@ -705,21 +716,17 @@ mod tests {
         drain(&mut offerer);
         // The answer arrives in two envelopes with growing candidate lists before the offerer
         // has applied the answer.
-        let mut answer = Envelope {
-            version: ENVELOPE_VERSION,
-            room_id: RoomName::new("lobby").unwrap().id(),
-            from: b,
-            to: Some(a),
+        let mut answer = envelope(
+            (b, a),
             session,
-            seq: 1,
-            created_at: 1,
-            expires_at: 60_001,
-            body: Body::Answer(Signal {
+            1,
+            1,
+            Body::Answer(Signal {
                 sdp: "answer".into(),
                 candidates: vec!["c1".into()],
                 end_of_candidates: false,
             }),
-        };
+        );
         offerer.handle_remote(&answer, now);
         answer.seq = 2;
         answer.body = Body::Answer(Signal {
@@ -756,17 +763,7 @@ mod tests {
         let Some(Action::StartOffer { session }) = offerer.poll_action() else {
             panic!("offerer must start");
         };
-        let mut answer = Envelope {
-            version: ENVELOPE_VERSION,
-            room_id: RoomName::new("lobby").unwrap().id(),
-            from: b,
-            to: Some(a),
-            session,
-            seq: 5,
-            created_at: 1,
-            expires_at: 60_001,
-            body: Body::Answer(Signal::default()),
-        };
+        let mut answer = envelope((b, a), session, 5, 1, Body::Answer(Signal::default()));
         assert_eq!(offerer.handle_remote(&answer, now), Disposition::Applied);
         assert_eq!(offerer.handle_remote(&answer, now), Disposition::Stale);
         answer.seq = 4;
@@ -781,16 +778,14 @@ mod tests {
         let (a, b) = ordered_pair();
         let now = Instant::now();
         let mut answerer = Negotiation::new(&b, a, NegotiationConfig::default(), now);
-        let offer = |session: u8, created_at: u64| Envelope {
-            version: ENVELOPE_VERSION,
-            room_id: RoomName::new("lobby").unwrap().id(),
-            from: a,
-            to: Some(b),
-            session: SessionId::from_bytes([session; 16]),
-            seq: 1,
-            created_at,
-            expires_at: created_at + 60_000,
-            body: Body::Offer(Signal::default()),
+        let offer = |session: u8, created_at: u64| {
+            envelope(
+                (a, b),
+                SessionId::from_bytes([session; 16]),
+                1,
+                created_at,
+                Body::Offer(Signal::default()),
+            )
         };
         assert_eq!(
             answerer.handle_remote(&offer(2, 200), now),
@@ -869,17 +864,13 @@ mod tests {
         let now = Instant::now();
         let config = NegotiationConfig::default();
         let mut answerer = Negotiation::new(&b, a, config.clone(), now);
-        let offer = Envelope {
-            version: ENVELOPE_VERSION,
-            room_id: RoomName::new("lobby").unwrap().id(),
-            from: a,
-            to: Some(b),
-            session: SessionId::from_bytes([4; 16]),
-            seq: 1,
-            created_at: 10,
-            expires_at: 60_010,
-            body: Body::Offer(Signal::default()),
-        };
+        let offer = envelope(
+            (a, b),
+            SessionId::from_bytes([4; 16]),
+            1,
+            10,
+            Body::Offer(Signal::default()),
+        );
         assert_eq!(answerer.handle_remote(&offer, now), Disposition::Applied);
         answerer.handle_timeout(now + config.attempt_timeout);
         assert!(drain(&mut answerer).contains(&Action::Close {
@@ -977,17 +968,13 @@ mod tests {
         assert!(gaps.windows(2).all(|w| w[1] >= w[0]));
         assert!(gaps.iter().all(|g| *g <= config.fetch_max));
 
-        let offer = Envelope {
-            version: ENVELOPE_VERSION,
-            room_id: RoomName::new("lobby").unwrap().id(),
-            from: a,
-            to: Some(b),
-            session: SessionId::from_bytes([3; 16]),
-            seq: 1,
-            created_at: 1,
-            expires_at: 60_001,
-            body: Body::Offer(Signal::default()),
-        };
+        let offer = envelope(
+            (a, b),
+            SessionId::from_bytes([3; 16]),
+            1,
+            1,
+            Body::Offer(Signal::default()),
+        );
         answerer.handle_remote(&offer, now);
         answerer.handle_connected(offer.session);
         assert_eq!(answerer.poll_timeout(), None);
