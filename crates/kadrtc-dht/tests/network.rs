@@ -19,8 +19,11 @@ fn now_ms() -> u64 {
 }
 
 async fn node(bootstrap: Option<&DhtHandle>) -> DhtHandle {
-    let mut config = DhtConfig::new(Keypair::generate_ed25519())
-        .with_listen("/ip4/127.0.0.1/tcp/0".parse().unwrap());
+    node_with_key(Keypair::generate_ed25519(), bootstrap).await
+}
+
+async fn node_with_key(key: Keypair, bootstrap: Option<&DhtHandle>) -> DhtHandle {
+    let mut config = DhtConfig::new(key).with_listen("/ip4/127.0.0.1/tcp/0".parse().unwrap());
     if let Some(b) = bootstrap {
         config = config.with_bootstrap(b.listen_addrs()[0].clone());
     }
@@ -65,13 +68,7 @@ where
 async fn storing_node_keeps_valid_mailbox_records_and_refuses_forged_ones() {
     let storer = node(None).await;
     let writer_key = Keypair::generate_ed25519();
-    let writer = DhtHandle::spawn(
-        DhtConfig::new(writer_key.clone())
-            .with_listen("/ip4/127.0.0.1/tcp/0".parse().unwrap())
-            .with_bootstrap(storer.listen_addrs()[0].clone()),
-    )
-    .await
-    .unwrap();
+    let writer = node_with_key(writer_key.clone(), Some(&storer)).await;
     let to = PeerId::random();
 
     // A valid record, as a control: the storer keeps it.
@@ -140,11 +137,7 @@ async fn providers_are_found_through_a_common_bootstrap_node() {
 #[tokio::test]
 async fn topic_delivers_valid_envelopes_and_drops_invalid_ones() {
     let a_key = Keypair::generate_ed25519();
-    let a = DhtHandle::spawn(
-        DhtConfig::new(a_key.clone()).with_listen("/ip4/127.0.0.1/tcp/0".parse().unwrap()),
-    )
-    .await
-    .unwrap();
+    let a = node_with_key(a_key.clone(), None).await;
     let b = node(Some(&a)).await;
     let room = RoomName::new("lobby").unwrap().id();
     let _a_sub = a.subscribe(room.topic()).await.unwrap();
@@ -210,13 +203,7 @@ async fn unreachable_bootstrap_is_a_clear_error() {
 async fn storing_node_refuses_to_roll_a_mailbox_back_to_an_older_envelope() {
     let storer = node(None).await;
     let writer_key = Keypair::generate_ed25519();
-    let writer = DhtHandle::spawn(
-        DhtConfig::new(writer_key.clone())
-            .with_listen("/ip4/127.0.0.1/tcp/0".parse().unwrap())
-            .with_bootstrap(storer.listen_addrs()[0].clone()),
-    )
-    .await
-    .unwrap();
+    let writer = node_with_key(writer_key.clone(), Some(&storer)).await;
     let to = PeerId::random();
     let mut newer = offer(&writer_key, to, "lobby");
     newer.seq = 2;
