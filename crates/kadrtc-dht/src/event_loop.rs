@@ -2,10 +2,12 @@
 //! events until every handle is dropped.
 
 use std::collections::{HashMap, HashSet};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use futures::StreamExt;
-use kadrtc_proto::{Envelope, EnvelopeError, MAILBOX_KEY_PREFIX, MAX_ENVELOPE_SIZE};
+use kadrtc_proto::{
+    is_presence_key, unix_time_ms, Envelope, EnvelopeError, MAILBOX_KEY_PREFIX, MAX_ENVELOPE_SIZE,
+};
 use libp2p::{
     gossipsub, identify,
     kad::{self, store::MemoryStore, store::RecordStore as _},
@@ -492,7 +494,7 @@ impl EventLoop {
     }
 
     fn handle_inbound(&mut self, request: kad::InboundRequest) {
-        let now = unix_ms();
+        let now = unix_time_ms();
         let store = self.swarm.behaviour_mut().kad.store_mut();
         match request {
             kad::InboundRequest::PutRecord {
@@ -521,8 +523,7 @@ impl EventLoop {
                 record: Some(record),
             } => {
                 // A provider record must name its publisher and key a sha2-256 multihash.
-                let key = record.key.as_ref();
-                if key.len() == 34 && key[..2] == [0x12, 0x20] {
+                if is_presence_key(record.key.as_ref()) {
                     if let Err(error) = store.add_provider(record) {
                         tracing::warn!(%error, "provider record not stored");
                     }
@@ -551,10 +552,10 @@ impl EventLoop {
         };
         let acceptance = match self.topics.get(&message.topic) {
             Some((topic, sender)) => match validate_topic_message(topic, &message.data) {
-                Ok(()) => {
+                Ok(envelope) => {
                     let delivered = TopicEvent::Message {
                         source: message.source,
-                        data: message.data,
+                        envelope: Box::new(envelope),
                     };
                     if sender.try_send(delivered).is_err() {
                         tracing::debug!(%topic, "subscriber is slow or gone; message dropped");
@@ -602,12 +603,12 @@ fn newer_than_stored(
 }
 
 /// A room topic message must be a valid envelope of that topic's room.
-fn validate_topic_message(topic: &str, data: &[u8]) -> Result<(), EnvelopeError> {
-    let envelope = Envelope::decode(data, unix_ms())?;
+fn validate_topic_message(topic: &str, data: &[u8]) -> Result<Envelope, EnvelopeError> {
+    let envelope = Envelope::decode(data, unix_time_ms())?;
     if topic.starts_with(ROOM_TOPIC_PREFIX) && envelope.room_id.topic() != topic {
         return Err(EnvelopeError::WrongRoom);
     }
-    Ok(())
+    Ok(envelope)
 }
 
 fn error_chain(error: &dyn std::error::Error) -> String {
@@ -619,12 +620,4 @@ fn error_chain(error: &dyn std::error::Error) -> String {
         source = cause.source();
     }
     text
-}
-
-/// Milliseconds since the Unix epoch (0 if the clock is before 1970).
-fn unix_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
-        .unwrap_or(0)
 }

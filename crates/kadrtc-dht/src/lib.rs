@@ -31,6 +31,7 @@ mod event_loop;
 use std::num::NonZeroUsize;
 use std::time::Duration;
 
+use kadrtc_proto::Envelope;
 use libp2p::{identity::Keypair, Multiaddr, PeerId};
 use thiserror::Error;
 use tokio::sync::{mpsc, oneshot};
@@ -91,12 +92,13 @@ pub struct DhtHandle {
 #[derive(Debug, Clone)]
 #[non_exhaustive]
 pub enum TopicEvent {
-    /// A message arrived and passed validation.
+    /// A message arrived and passed validation: a signed, unexpired envelope of this topic's
+    /// room, already decoded (its signature is not checked again downstream).
     Message {
         /// The peer that published it (gossipsub signed author).
         source: Option<PeerId>,
-        /// The payload (a signed envelope).
-        data: Vec<u8>,
+        /// The envelope it carried (boxed: it is large beside the other variant).
+        envelope: Box<Envelope>,
     },
     /// A connected peer subscribed to the topic.
     PeerSubscribed {

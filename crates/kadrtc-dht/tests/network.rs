@@ -164,14 +164,18 @@ async fn topic_delivers_valid_envelopes_and_drops_invalid_ones() {
     let message = timeout(Duration::from_secs(10), async {
         loop {
             match b_sub.recv().await.expect("subscription open") {
-                TopicEvent::Message { source, data } => return (source, data),
+                TopicEvent::Message { source, envelope } => return (source, envelope),
                 _ => continue,
             }
         }
     })
     .await
     .expect("a message within the deadline");
-    assert_eq!(message.1, valid, "only the valid envelope is delivered");
+    assert_eq!(
+        *message.1,
+        Envelope::decode(&valid, now_ms()).unwrap(),
+        "only the valid envelope is delivered, decoded"
+    );
     assert_eq!(message.0, Some(a.peer_id()));
     while let Ok(event) = b_sub.try_recv() {
         assert!(

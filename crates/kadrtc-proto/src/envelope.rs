@@ -34,6 +34,16 @@ pub const MAX_ENVELOPE_LIFETIME_MS: u64 = 10 * 60 * 1000;
 /// How far in the future `created_at` may lie, in milliseconds, to tolerate clock skew.
 pub const MAX_CLOCK_SKEW_MS: u64 = 60 * 1000;
 
+/// The clock envelope times are read on: milliseconds since the Unix epoch, from the system
+/// clock (0 if it is before 1970). The only clock access in this crate, for callers; nothing
+/// here calls it, so the checks stay testable with any `now`.
+pub fn unix_time_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+        .unwrap_or(0)
+}
+
 /// The signaling unit: who sends what to whom, in which room and session.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Envelope {

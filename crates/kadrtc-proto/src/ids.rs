@@ -180,6 +180,12 @@ impl fmt::Display for SessionId {
     }
 }
 
+/// Whether `key` has the shape of a presence key ([`RoomId::presence_key`]): a 34-byte
+/// sha2-256 multihash. Storing nodes accept provider records only under such keys.
+pub fn is_presence_key(key: &[u8]) -> bool {
+    key.len() == 34 && key[0] == SHA2_256_CODE && key[1] == 32
+}
+
 /// Whether `local` offers to `remote`: the peer with the smaller `PeerId` (byte order of the
 /// multihash form) offers (DESIGN.md, "offerer / answerer").
 pub fn is_offerer(local: &PeerId, remote: &PeerId) -> bool {
@@ -231,6 +237,9 @@ mod tests {
         let key = RoomName::new("lobby").unwrap().id().presence_key();
         assert_eq!(key.len(), 34);
         assert_eq!(&key[..2], &[0x12, 0x20]);
+        assert!(is_presence_key(&key));
+        assert!(!is_presence_key(&key[..33]));
+        assert!(!is_presence_key(b"/kadrtc/mailbox/0123456789012345678"));
     }
 
     #[test]

@@ -33,16 +33,17 @@ mod ids;
 mod negotiation;
 
 pub use envelope::{
-    Body, Envelope, EnvelopeError, Signal, ENVELOPE_VERSION, MAX_CANDIDATES, MAX_CANDIDATE_LEN,
-    MAX_CLOCK_SKEW_MS, MAX_ENVELOPE_LIFETIME_MS, MAX_ENVELOPE_SIZE, SIGNATURE_DOMAIN,
+    unix_time_ms, Body, Envelope, EnvelopeError, Signal, ENVELOPE_VERSION, MAX_CANDIDATES,
+    MAX_CANDIDATE_LEN, MAX_CLOCK_SKEW_MS, MAX_ENVELOPE_LIFETIME_MS, MAX_ENVELOPE_SIZE,
+    SIGNATURE_DOMAIN,
 };
 pub use ids::{
-    is_offerer, RoomId, RoomName, RoomNameError, SessionId, MAILBOX_DOMAIN, MAILBOX_KEY_PREFIX,
-    MAX_ROOM_NAME_LEN, PRESENCE_DOMAIN, ROOM_ID_DOMAIN,
+    is_offerer, is_presence_key, RoomId, RoomName, RoomNameError, SessionId, MAILBOX_DOMAIN,
+    MAILBOX_KEY_PREFIX, MAX_ROOM_NAME_LEN, PRESENCE_DOMAIN, ROOM_ID_DOMAIN,
 };
 pub use libp2p_identity::{Keypair, PeerId};
 pub use negotiation::{
     Action, Disposition, Negotiation, NegotiationConfig, Role, DEFAULT_ATTEMPT_TIMEOUT,
-    DEFAULT_FETCH_INITIAL, DEFAULT_FETCH_MAX, DEFAULT_MAX_FAILURES, DEFAULT_RETRY_INITIAL,
-    DEFAULT_RETRY_MAX,
+    DEFAULT_FETCH_INITIAL, DEFAULT_FETCH_MAX, DEFAULT_GATHER_GRACE, DEFAULT_MAX_FAILURES,
+    DEFAULT_RETRY_INITIAL, DEFAULT_RETRY_MAX,
 };

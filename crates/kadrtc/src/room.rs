@@ -6,12 +6,12 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, PoisonError, RwLock};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use kadrtc_dht::{DhtHandle, TopicEvent};
 use kadrtc_proto::{
-    Action, Body, Envelope, EnvelopeError, Negotiation, NegotiationConfig, RoomId, RoomName,
-    SessionId, ENVELOPE_VERSION,
+    unix_time_ms, Action, Body, Envelope, EnvelopeError, Negotiation, NegotiationConfig, RoomId,
+    RoomName, SessionId, ENVELOPE_VERSION,
 };
 use kadrtc_rtc::{Channel, PeerConnection, RtcError, RtcEvent};
 use libp2p::PeerId;
@@ -687,8 +687,9 @@ impl RoomActor {
                     self.publish_on_topic(bytes);
                 }
             }
-            TopicEvent::Message { data, .. } => {
-                let Some(envelope) = self.accept_envelope(&data) else {
+            TopicEvent::Message { envelope, .. } => {
+                // Decoded and verified by the DHT layer already.
+                let Some(envelope) = self.addressed_to_us(*envelope) else {
                     return;
                 };
                 let from = envelope.from;
@@ -743,16 +744,21 @@ impl RoomActor {
         }
     }
 
-    /// Decodes and checks an envelope from the network; `None` (with a log line) when it is
-    /// invalid, `None` (silently) when it is our own or for another member of the room.
+    /// Decodes and checks envelope bytes fetched from a mailbox record; `None` (with a log
+    /// line) when they are invalid, then as [`RoomActor::addressed_to_us`].
     fn accept_envelope(&self, data: &[u8]) -> Option<Envelope> {
-        let envelope = match Envelope::decode(data, unix_ms()) {
-            Ok(envelope) => envelope,
+        match Envelope::decode(data, unix_time_ms()) {
+            Ok(envelope) => self.addressed_to_us(envelope),
             Err(error) => {
                 tracing::warn!(%error, "ignored invalid envelope");
-                return None;
+                None
             }
-        };
+        }
+    }
+
+    /// The envelope, when it is for this room and for us or everyone; `None` (silently) when
+    /// it is our own or for another member, `None` with a log line for another room.
+    fn addressed_to_us(&self, envelope: Envelope) -> Option<Envelope> {
         if envelope.from == self.local {
             return None;
         }
@@ -778,7 +784,7 @@ impl RoomActor {
             return;
         }
         if let Some(left) = self.departed.get(&peer) {
-            let age = unix_ms().saturating_sub(*left);
+            let age = unix_time_ms().saturating_sub(*left);
             if u128::from(age) < DEPARTED_MEMORY.as_millis() {
                 tracing::trace!(%peer, "departed peer not rediscovered yet");
                 return;
@@ -841,7 +847,7 @@ impl RoomActor {
                 self.departed.remove(&oldest);
             }
         }
-        self.departed.insert(peer, unix_ms());
+        self.departed.insert(peer, unix_time_ms());
     }
 
     fn start_discovery(&mut self, now: Instant) {
@@ -877,7 +883,7 @@ impl RoomActor {
     }
 
     fn envelope(&self, to: Option<PeerId>, session: SessionId, seq: u64, body: Body) -> Envelope {
-        let now = unix_ms();
+        let now = unix_time_ms();
         Envelope {
             version: ENVELOPE_VERSION,
             room_id: self.room,
@@ -951,12 +957,4 @@ fn retry_text(retry_in: Option<Duration>) -> String {
         Some(delay) => format!("; retrying in {} ms", delay.as_millis()),
         None => "; waiting for a new offer".into(),
     }
-}
-
-/// Milliseconds since the Unix epoch (0 if the clock is before 1970).
-pub(crate) fn unix_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
-        .unwrap_or(0)
 }
