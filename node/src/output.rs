@@ -47,7 +47,7 @@ impl Output {
             RoomEvent::PeerDiscovered { peer, via } => {
                 let via = match via {
                     Discovery::Dht => "dht",
-                    _ => "gossipsub",
+                    Discovery::Gossipsub => "gossipsub",
                 };
                 if self.json {
                     self.line(json!({"event": "peer_discovered", "peer_id": peer.to_string(), "via": via}));

@@ -140,18 +140,7 @@ impl Proc {
     /// Closes stdin, waits for a clean exit and collects the remaining events.
     fn finish(mut self) -> Vec<Value> {
         drop(self.stdin.take());
-        let end = Instant::now() + Duration::from_secs(20);
-        let status = loop {
-            if let Some(status) = self.child.try_wait().unwrap() {
-                break status;
-            }
-            assert!(
-                Instant::now() < end,
-                "{}: did not exit after end of stdin",
-                self.name
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        };
+        let status = self.wait_exit("end of stdin");
         assert!(
             status.success(),
             "{}: exit {status}; stderr:\n{}",
@@ -162,6 +151,22 @@ impl Proc {
             self.seen.push(event);
         }
         std::mem::take(&mut self.seen)
+    }
+
+    /// Waits (at most 20 s) for the process to exit after `cause`.
+    fn wait_exit(&mut self, cause: &str) -> std::process::ExitStatus {
+        let end = Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status;
+            }
+            assert!(
+                Instant::now() < end,
+                "{}: did not exit after {cause}",
+                self.name
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
     }
 
     fn log(&self) -> String {
@@ -287,8 +292,8 @@ fn now_ms() -> u64 {
         .as_millis() as u64
 }
 
-/// An offer from `from` to `to` whose signature has one bit flipped.
-fn forged_offer(from: &Keypair, to: PeerId, room: &str) -> (Vec<u8>, Vec<u8>) {
+/// A signed offer from `from` to `to` in `room`, and the mailbox key it belongs under.
+fn signed_offer(from: &Keypair, to: PeerId, room: &str) -> (Vec<u8>, Vec<u8>) {
     let envelope = Envelope {
         version: ENVELOPE_VERSION,
         room_id: RoomName::new(room).unwrap().id(),
@@ -304,10 +309,16 @@ fn forged_offer(from: &Keypair, to: PeerId, room: &str) -> (Vec<u8>, Vec<u8>) {
             end_of_candidates: true,
         }),
     };
-    let mut bytes = envelope.sign(from).unwrap();
+    let key = envelope.room_id.mailbox_key(&envelope.from, &to);
+    (key, envelope.sign(from).unwrap())
+}
+
+/// [`signed_offer`] with one bit of its signature (the last field) flipped.
+fn forged_offer(from: &Keypair, to: PeerId, room: &str) -> (Vec<u8>, Vec<u8>) {
+    let (key, mut bytes) = signed_offer(from, to, room);
     let last = bytes.len() - 1;
     bytes[last] ^= 1;
-    (envelope.room_id.mailbox_key(&envelope.from, &to), bytes)
+    (key, bytes)
 }
 
 async fn client(bootstrap: &str, key: Keypair) -> DhtHandle {
@@ -340,28 +351,9 @@ async fn forged_envelope_is_refused_by_the_storing_node_and_ignored_by_the_joine
     let _ = attacker
         .put_record(forged_key.clone(), forged.clone(), TTL)
         .await;
-    let control = Envelope {
-        body: Body::Presence,
-        ..Envelope::decode(
-            &{
-                let (_, mut b) = forged_offer(&attacker_key, PeerId::random(), &room);
-                let last = b.len() - 1;
-                b[last] ^= 1; // undo the forgery: a valid envelope
-                b
-            },
-            now_ms(),
-        )
-        .unwrap()
-    };
-    let control_key = control
-        .room_id
-        .mailbox_key(&control.from, &control.to.unwrap());
+    let (control_key, control) = signed_offer(&attacker_key, PeerId::random(), &room);
     attacker
-        .put_record(
-            control_key.clone(),
-            control.sign(&attacker_key).unwrap(),
-            TTL,
-        )
+        .put_record(control_key.clone(), control, TTL)
         .await
         .unwrap();
 
@@ -561,14 +553,7 @@ fn ctrl_c_leaves_the_room_cleanly_and_the_other_member_is_told() {
         signalled.elapsed()
     );
     // stdin is still open: the exit comes from the signal alone.
-    let end = Instant::now() + Duration::from_secs(20);
-    let exit = loop {
-        if let Some(status) = a.child.try_wait().unwrap() {
-            break status;
-        }
-        assert!(Instant::now() < end, "a did not exit after Ctrl-C");
-        std::thread::sleep(Duration::from_millis(20));
-    };
+    let exit = a.wait_exit("Ctrl-C");
     assert!(
         exit.success(),
         "clean exit after Ctrl-C: {exit}; {}",
