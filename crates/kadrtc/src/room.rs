@@ -460,12 +460,7 @@ impl RoomActor {
         match action {
             Action::StartOffer { session } => {
                 tracing::debug!(%peer, %session, "creating offer");
-                let result = self.new_connection(peer, session).await;
-                let result = match result {
-                    Ok(pc) => pc.create_offer().await.map(|sdp| (pc, sdp)),
-                    Err(e) => Err(e),
-                };
-                self.install(peer, session, result);
+                self.connect(peer, session, None).await;
             }
             Action::AcceptOffer {
                 session,
@@ -473,15 +468,7 @@ impl RoomActor {
                 candidates,
             } => {
                 tracing::debug!(%peer, %session, "accepting offer");
-                let result = self.new_connection(peer, session).await;
-                let result = match result {
-                    Ok(pc) => pc
-                        .accept_offer(sdp, &candidates)
-                        .await
-                        .map(|answer| (pc, answer)),
-                    Err(e) => Err(e),
-                };
-                self.install(peer, session, result);
+                self.connect(peer, session, Some((sdp, candidates))).await;
             }
             Action::ApplyAnswer {
                 session,
@@ -591,17 +578,24 @@ impl RoomActor {
         }
     }
 
-    async fn new_connection(
-        &self,
+    /// Builds the peer connection of `session` with its local description: an offer, or the
+    /// answer to `offer` (SDP and candidates). Stores it, or fails the attempt.
+    async fn connect(
+        &mut self,
         peer: PeerId,
         session: SessionId,
-    ) -> Result<PeerConnection, RtcError> {
-        PeerConnection::new(
-            &self.node.rtc,
-            PeerTag { peer, session },
-            self.rtc_tx.clone(),
-        )
-        .await
+        offer: Option<(String, Vec<String>)>,
+    ) {
+        let tag = PeerTag { peer, session };
+        let result = match PeerConnection::new(&self.node.rtc, tag, self.rtc_tx.clone()).await {
+            Ok(pc) => match offer {
+                None => pc.create_offer().await,
+                Some((sdp, candidates)) => pc.accept_offer(sdp, &candidates).await,
+            }
+            .map(|sdp| (pc, sdp)),
+            Err(error) => Err(error),
+        };
+        self.install(peer, session, result);
     }
 
     /// Stores a new connection and its local description, or fails the attempt.
