@@ -4,12 +4,23 @@
 //! `SignedEnvelope { payload, public_key, signature }`, where `payload` is the encoded
 //! [`Envelope`], `public_key` the signer's libp2p public key in protobuf form, and `signature`
 //! the signer's ed25519 signature over [`SIGNATURE_DOMAIN`] ‖ `payload`.
+//!
+//! The body (SDP and candidates, which hold the peers' IP addresses) is sealed with
+//! XChaCha20-Poly1305 (RFC 8439 with the extended nonce of draft-irtf-cfrg-xchacha) under the
+//! [`RoomKey`], with the encoded header as associated data: a node that stores or forwards an
+//! envelope sees the room id, sender, recipient, session, times and the sealed body's size,
+//! and nothing else. [`Envelope::decode`] gives an [`Envelope<Sealed>`] (what storing nodes
+//! check); [`Envelope::open`] turns it into an [`Envelope<Body>`] for room members.
 
+use chacha20poly1305::aead::{Aead, AeadCore, KeyInit, OsRng, Payload};
+use chacha20poly1305::{XChaCha20Poly1305, XNonce};
 use libp2p_identity::{Keypair, PeerId, PublicKey, SigningError};
 use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
 use thiserror::Error;
 
 use crate::ids::{RoomId, SessionId};
+use crate::keys::RoomKey;
 
 /// Version of the envelope format this crate writes and accepts.
 pub const ENVELOPE_VERSION: u8 = 1;
@@ -44,9 +55,15 @@ pub fn unix_time_ms() -> u64 {
         .unwrap_or(0)
 }
 
+/// Bytes of the XChaCha20-Poly1305 nonce in front of a sealed body.
+pub const SEAL_NONCE_LEN: usize = 24;
+
 /// The signaling unit: who sends what to whom, in which room and session.
+///
+/// `B` is the body: [`Body`] once opened (the default), [`Sealed`] as decoded by a node that
+/// does not hold the room key.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Envelope {
+pub struct Envelope<B = Body> {
     /// Format version, [`ENVELOPE_VERSION`].
     pub version: u8,
     /// The room this envelope belongs to.
@@ -63,9 +80,13 @@ pub struct Envelope {
     pub created_at: u64,
     /// Expiry time, milliseconds since the Unix epoch.
     pub expires_at: u64,
-    /// What the envelope says.
-    pub body: Body,
+    /// What the envelope says, sealed or opened.
+    pub body: B,
 }
+
+/// A sealed body: a 24-byte nonce followed by the XChaCha20-Poly1305 ciphertext and tag.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Sealed(Vec<u8>);
 
 /// What an envelope says.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -92,6 +113,9 @@ pub struct Signal {
     pub candidates: Vec<String>,
     /// Whether gathering has finished (RFC 8838 §4.1, end-of-candidates).
     pub end_of_candidates: bool,
+    /// In an answer: [`offer_hash`] of the offer SDP it answers, so that an answer cannot be
+    /// replayed against another offer. `None` in offers.
+    pub offer_hash: Option<[u8; 32]>,
 }
 
 /// Why bytes are not a valid envelope, or an envelope is not for us.
@@ -170,6 +194,16 @@ pub enum EnvelopeError {
     /// Signing failed.
     #[error("signing the envelope failed")]
     Signing(#[source] SigningError),
+    /// The body could not be sealed (XChaCha20-Poly1305 refuses only inputs of 256 GiB and up).
+    #[error("sealing the envelope body failed")]
+    Seal,
+    /// The sealed body does not open with this room's key: the sender uses another passphrase
+    /// (or room name with the same id, which SHA-256 makes impractical), or forged the body.
+    #[error("cannot open the envelope from {from}: wrong passphrase or different room")]
+    Unseal {
+        /// The sender.
+        from: PeerId,
+    },
 }
 
 #[derive(Serialize, Deserialize)]
@@ -179,8 +213,9 @@ struct WireSigned {
     signature: Vec<u8>,
 }
 
+/// The header fields, in wire order; their encoding is the sealed body's associated data.
 #[derive(Serialize, Deserialize)]
-struct WireEnvelope {
+struct WireHeader {
     version: u8,
     room_id: RoomId,
     from: Vec<u8>,
@@ -189,32 +224,51 @@ struct WireEnvelope {
     seq: u64,
     created_at: u64,
     expires_at: u64,
-    body: Body,
+}
+
+#[derive(Serialize, Deserialize)]
+struct WireEnvelope {
+    header: WireHeader,
+    body: Vec<u8>,
+}
+
+/// SHA-256 of an offer's SDP: what an answer echoes in [`Signal::offer_hash`].
+pub fn offer_hash(sdp: &str) -> [u8; 32] {
+    Sha256::digest(sdp.as_bytes()).into()
 }
 
 impl Envelope {
-    /// Encodes and signs the envelope with `keypair`, which must be the key of `self.from`.
+    /// Seals the body under `key`, then encodes and signs the envelope with `keypair`, which
+    /// must be the key of `self.from`.
     ///
     /// # Errors
     ///
     /// [`EnvelopeError::SignerMismatch`] when `keypair` is not `from`'s key,
     /// [`EnvelopeError::TooLarge`] when the result exceeds [`MAX_ENVELOPE_SIZE`], and
     /// [`EnvelopeError::TooManyCandidates`] when a signal is over the candidate limits.
-    pub fn sign(&self, keypair: &Keypair) -> Result<Vec<u8>, EnvelopeError> {
+    pub fn sign(&self, keypair: &Keypair, key: &RoomKey) -> Result<Vec<u8>, EnvelopeError> {
         if keypair.public().to_peer_id() != self.from {
             return Err(EnvelopeError::SignerMismatch { from: self.from });
         }
         self.check_limits()?;
+        let header = self.wire_header();
+        let associated = encode(&header)?;
+        let nonce = XChaCha20Poly1305::generate_nonce(&mut OsRng);
+        let ciphertext = XChaCha20Poly1305::new(key.as_bytes().into())
+            .encrypt(
+                &nonce,
+                Payload {
+                    msg: &encode(&self.body)?,
+                    aad: &associated,
+                },
+            )
+            .map_err(|_| EnvelopeError::Seal)?;
+        let mut sealed = Vec::with_capacity(SEAL_NONCE_LEN + ciphertext.len());
+        sealed.extend_from_slice(&nonce);
+        sealed.extend_from_slice(&ciphertext);
         let payload = encode(&WireEnvelope {
-            version: self.version,
-            room_id: self.room_id,
-            from: self.from.to_bytes(),
-            to: self.to.map(PeerId::to_bytes),
-            session: self.session,
-            seq: self.seq,
-            created_at: self.created_at,
-            expires_at: self.expires_at,
-            body: self.body.clone(),
+            header,
+            body: sealed,
         })?;
         let signature = keypair
             .sign(&signed_message(&payload))
@@ -231,20 +285,21 @@ impl Envelope {
     }
 
     /// Decodes and checks signed envelope bytes: size, format, version, signature (the key must
-    /// belong to `from`), times and limits. `now` is milliseconds since the Unix epoch.
+    /// belong to `from`) and times. `now` is milliseconds since the Unix epoch. The body stays
+    /// sealed.
     ///
     /// This is the check every node runs before storing or forwarding an envelope; receivers
-    /// add [`Envelope::check_addressed`].
+    /// add [`Envelope::check_addressed`] and [`Envelope::open`].
     ///
     /// # Errors
     ///
     /// The [`EnvelopeError`] naming the first check that failed.
-    pub fn decode(bytes: &[u8], now: u64) -> Result<Self, EnvelopeError> {
+    pub fn decode(bytes: &[u8], now: u64) -> Result<Envelope<Sealed>, EnvelopeError> {
         if bytes.len() > MAX_ENVELOPE_SIZE {
             return Err(EnvelopeError::TooLarge { size: bytes.len() });
         }
         let signed: WireSigned = decode(bytes)?;
-        let wire: WireEnvelope = decode(&signed.payload)?;
+        let WireEnvelope { header: wire, body } = decode(&signed.payload)?;
         if wire.version != ENVELOPE_VERSION {
             return Err(EnvelopeError::UnsupportedVersion(wire.version));
         }
@@ -261,6 +316,9 @@ impl Envelope {
         if !public_key.verify(&signed_message(&signed.payload), &signed.signature) {
             return Err(EnvelopeError::BadSignature { from });
         }
+        if body.len() < SEAL_NONCE_LEN {
+            return Err(EnvelopeError::Unseal { from });
+        }
         let envelope = Envelope {
             version: wire.version,
             room_id: wire.room_id,
@@ -270,13 +328,78 @@ impl Envelope {
             seq: wire.seq,
             created_at: wire.created_at,
             expires_at: wire.expires_at,
-            body: wire.body,
+            body: Sealed(body),
         };
         envelope.check_times(now)?;
-        envelope.check_limits()?;
         Ok(envelope)
     }
 
+    fn check_limits(&self) -> Result<(), EnvelopeError> {
+        match &self.body {
+            Body::Offer(signal) | Body::Answer(signal)
+                if signal.candidates.len() > MAX_CANDIDATES
+                    || signal
+                        .candidates
+                        .iter()
+                        .any(|c| c.len() > MAX_CANDIDATE_LEN) =>
+            {
+                Err(EnvelopeError::TooManyCandidates)
+            }
+            _ => Ok(()),
+        }
+    }
+}
+
+impl Envelope<Sealed> {
+    /// Opens the sealed body with the room key and checks its limits.
+    ///
+    /// # Errors
+    ///
+    /// [`EnvelopeError::Unseal`] when the body does not open with `key` (another passphrase,
+    /// or bytes altered), [`EnvelopeError::Malformed`] when the opened body does not decode,
+    /// [`EnvelopeError::TooManyCandidates`] over the candidate limits.
+    pub fn open(self, key: &RoomKey) -> Result<Envelope, EnvelopeError> {
+        let from = self.from;
+        let associated = encode(&self.wire_header())?;
+        let (nonce, ciphertext) = self.body.0.split_at(SEAL_NONCE_LEN);
+        let plain = XChaCha20Poly1305::new(key.as_bytes().into())
+            .decrypt(
+                XNonce::from_slice(nonce),
+                Payload {
+                    msg: ciphertext,
+                    aad: &associated,
+                },
+            )
+            .map_err(|_| EnvelopeError::Unseal { from })?;
+        let envelope = Envelope {
+            version: self.version,
+            room_id: self.room_id,
+            from,
+            to: self.to,
+            session: self.session,
+            seq: self.seq,
+            created_at: self.created_at,
+            expires_at: self.expires_at,
+            body: decode(&plain)?,
+        };
+        envelope.check_limits()?;
+        Ok(envelope)
+    }
+}
+
+impl Sealed {
+    /// Size of the sealed body (nonce, ciphertext and tag), in bytes.
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    /// Whether the sealed body is empty (never, once decoded: it holds at least a nonce).
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
+impl<B> Envelope<B> {
     /// Checks that the envelope belongs to `room` and, when it names a recipient, that the
     /// recipient is `me`.
     ///
@@ -306,6 +429,19 @@ impl Envelope {
         }
     }
 
+    fn wire_header(&self) -> WireHeader {
+        WireHeader {
+            version: self.version,
+            room_id: self.room_id,
+            from: self.from.to_bytes(),
+            to: self.to.map(PeerId::to_bytes),
+            session: self.session,
+            seq: self.seq,
+            created_at: self.created_at,
+            expires_at: self.expires_at,
+        }
+    }
+
     fn check_times(&self, now: u64) -> Result<(), EnvelopeError> {
         let invalid = EnvelopeError::InvalidTimes {
             created_at: self.created_at,
@@ -325,21 +461,6 @@ impl Envelope {
             });
         }
         Ok(())
-    }
-
-    fn check_limits(&self) -> Result<(), EnvelopeError> {
-        match &self.body {
-            Body::Offer(signal) | Body::Answer(signal)
-                if signal.candidates.len() > MAX_CANDIDATES
-                    || signal
-                        .candidates
-                        .iter()
-                        .any(|c| c.len() > MAX_CANDIDATE_LEN) =>
-            {
-                Err(EnvelopeError::TooManyCandidates)
-            }
-            _ => Ok(()),
-        }
     }
 }
 
@@ -377,6 +498,10 @@ mod tests {
 
     const NOW: u64 = 1_800_000_000_000;
 
+    fn room_key() -> RoomKey {
+        RoomKey::derive(&RoomName::new("lobby").unwrap())
+    }
+
     fn offer(keypair: &Keypair, to: PeerId) -> Envelope {
         Envelope {
             version: ENVELOPE_VERSION,
@@ -391,6 +516,7 @@ mod tests {
                 sdp: "v=0\r\n".into(),
                 candidates: vec!["candidate:1 1 udp 2130706431 127.0.0.1 5000 typ host".into()],
                 end_of_candidates: true,
+                offer_hash: None,
             }),
         }
     }
@@ -399,14 +525,71 @@ mod tests {
     fn signed_envelope_round_trips() {
         let key = Keypair::generate_ed25519();
         let envelope = offer(&key, PeerId::random());
-        let bytes = envelope.sign(&key).unwrap();
-        assert_eq!(Envelope::decode(&bytes, NOW + 1).unwrap(), envelope);
+        let bytes = envelope.sign(&key, &room_key()).unwrap();
+        let sealed = Envelope::decode(&bytes, NOW + 1).unwrap();
+        assert_eq!(sealed.from, envelope.from);
+        assert_eq!(sealed.session, envelope.session);
+        assert_eq!(sealed.open(&room_key()).unwrap(), envelope);
+    }
+
+    #[test]
+    fn sealed_body_hides_sdp_and_candidates() {
+        let key = Keypair::generate_ed25519();
+        let bytes = offer(&key, PeerId::random())
+            .sign(&key, &room_key())
+            .unwrap();
+        let contains = |needle: &[u8]| bytes.windows(needle.len()).any(|w| w == needle);
+        assert!(!contains(b"127.0.0.1"));
+        assert!(!contains(b"candidate:"));
+        assert!(!contains(b"v=0"));
+    }
+
+    #[test]
+    fn wrong_room_key_cannot_open() {
+        let key = Keypair::generate_ed25519();
+        let bytes = offer(&key, PeerId::random())
+            .sign(&key, &room_key())
+            .unwrap();
+        let other =
+            RoomKey::derive_with_passphrase(&RoomName::new("lobby").unwrap(), "pw").unwrap();
+        let sealed = Envelope::decode(&bytes, NOW).unwrap();
+        assert!(matches!(
+            sealed.open(&other),
+            Err(EnvelopeError::Unseal { from }) if from == key.public().to_peer_id()
+        ));
+    }
+
+    #[test]
+    fn sealed_body_is_bound_to_its_header() {
+        // A room member cannot move Alice's sealed body under a header of its own (and its own
+        // signature): the header is the ciphertext's associated data.
+        let (alice, mallory) = (Keypair::generate_ed25519(), Keypair::generate_ed25519());
+        let bytes = offer(&alice, PeerId::random())
+            .sign(&alice, &room_key())
+            .unwrap();
+        let signed: WireSigned = decode(&bytes).unwrap();
+        let mut wire: WireEnvelope = decode(&signed.payload).unwrap();
+        wire.header.from = mallory.public().to_peer_id().to_bytes();
+        let payload = encode(&wire).unwrap();
+        let forged = encode(&WireSigned {
+            signature: mallory.sign(&signed_message(&payload)).unwrap(),
+            public_key: mallory.public().encode_protobuf(),
+            payload,
+        })
+        .unwrap();
+        let sealed = Envelope::decode(&forged, NOW).unwrap();
+        assert!(matches!(
+            sealed.open(&room_key()),
+            Err(EnvelopeError::Unseal { .. })
+        ));
     }
 
     #[test]
     fn forged_signature_is_rejected() {
         let key = Keypair::generate_ed25519();
-        let mut bytes = offer(&key, PeerId::random()).sign(&key).unwrap();
+        let mut bytes = offer(&key, PeerId::random())
+            .sign(&key, &room_key())
+            .unwrap();
         let last = bytes.len() - 1;
         bytes[last] ^= 0x01; // the signature is the last field
         assert!(matches!(
@@ -420,11 +603,11 @@ mod tests {
         let (alice, mallory) = (Keypair::generate_ed25519(), Keypair::generate_ed25519());
         let envelope = offer(&alice, PeerId::random());
         assert!(matches!(
-            envelope.sign(&mallory),
+            envelope.sign(&mallory, &room_key()),
             Err(EnvelopeError::SignerMismatch { .. })
         ));
         // Mallory re-wraps Alice's payload with her own key and signature.
-        let bytes = envelope.sign(&alice).unwrap();
+        let bytes = envelope.sign(&alice, &room_key()).unwrap();
         let mut signed: WireSigned = decode(&bytes).unwrap();
         signed.public_key = mallory.public().encode_protobuf();
         signed.signature = mallory.sign(&signed_message(&signed.payload)).unwrap();
@@ -438,7 +621,9 @@ mod tests {
     #[test]
     fn expired_envelope_is_rejected() {
         let key = Keypair::generate_ed25519();
-        let bytes = offer(&key, PeerId::random()).sign(&key).unwrap();
+        let bytes = offer(&key, PeerId::random())
+            .sign(&key, &room_key())
+            .unwrap();
         assert!(matches!(
             Envelope::decode(&bytes, NOW + 60_000),
             Err(EnvelopeError::Expired { .. })
@@ -448,7 +633,9 @@ mod tests {
     #[test]
     fn envelope_from_the_far_future_is_rejected() {
         let key = Keypair::generate_ed25519();
-        let bytes = offer(&key, PeerId::random()).sign(&key).unwrap();
+        let bytes = offer(&key, PeerId::random())
+            .sign(&key, &room_key())
+            .unwrap();
         assert!(matches!(
             Envelope::decode(&bytes, NOW - 2 * MAX_CLOCK_SKEW_MS),
             Err(EnvelopeError::InvalidTimes { .. })
@@ -479,9 +666,10 @@ mod tests {
             sdp: String::new(),
             candidates: vec!["c".into(); MAX_CANDIDATES + 1],
             end_of_candidates: false,
+            offer_hash: None,
         });
         assert!(matches!(
-            envelope.sign(&key),
+            envelope.sign(&key, &room_key()),
             Err(EnvelopeError::TooManyCandidates)
         ));
     }

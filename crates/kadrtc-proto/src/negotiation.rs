@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use libp2p_identity::PeerId;
 
-use crate::envelope::{Body, Envelope, Signal, MAX_CANDIDATES};
+use crate::envelope::{offer_hash, Body, Envelope, Signal, MAX_CANDIDATES};
 use crate::ids::{is_offerer, SessionId};
 
 /// How long one attempt may take from its start to an open channel before it is abandoned
@@ -162,6 +162,9 @@ pub enum Disposition {
     Stale,
     /// Not a body this role expects (an answer sent to the answerer, presence, ...): ignored.
     Ignored,
+    /// An answer of the current session whose [`Signal::offer_hash`] is not the hash of the
+    /// offer this side made (a replayed or tampered answer): ignored.
+    OfferMismatch,
 }
 
 /// The negotiation with one remote peer of a room.
@@ -408,6 +411,7 @@ impl Negotiation {
         self.remote_created_at = envelope.created_at;
         self.remote_candidates.clone_from(&signal.candidates);
         self.applied_candidates = self.remote_candidates.len();
+        self.local.offer_hash = Some(offer_hash(&signal.sdp));
         self.actions.push_back(Action::AcceptOffer {
             session: envelope.session,
             sdp: signal.sdp.clone(),
@@ -422,6 +426,9 @@ impl Negotiation {
         };
         if envelope.session != session || envelope.seq <= self.remote_seq {
             return Disposition::Stale;
+        }
+        if !self.local_description_set || signal.offer_hash != Some(offer_hash(&self.local.sdp)) {
+            return Disposition::OfferMismatch;
         }
         self.remote_seq = envelope.seq;
         self.remote_candidates.clone_from(&signal.candidates);
@@ -725,6 +732,7 @@ mod tests {
                 sdp: "answer".into(),
                 candidates: vec!["c1".into()],
                 end_of_candidates: false,
+                offer_hash: Some(offer_hash("offer")),
             }),
         );
         offerer.handle_remote(&answer, now);
@@ -733,6 +741,7 @@ mod tests {
             sdp: "answer".into(),
             candidates: vec!["c1".into(), "c2".into()],
             end_of_candidates: true,
+            offer_hash: Some(offer_hash("offer")),
         });
         offerer.handle_remote(&answer, now);
         let actions = drain(&mut offerer);
@@ -763,7 +772,17 @@ mod tests {
         let Some(Action::StartOffer { session }) = offerer.poll_action() else {
             panic!("offerer must start");
         };
-        let mut answer = envelope((b, a), session, 5, 1, Body::Answer(Signal::default()));
+        offerer.handle_local_description(session, "offer".into(), now);
+        let mut answer = envelope(
+            (b, a),
+            session,
+            5,
+            1,
+            Body::Answer(Signal {
+                offer_hash: Some(offer_hash("offer")),
+                ..Signal::default()
+            }),
+        );
         assert_eq!(offerer.handle_remote(&answer, now), Disposition::Applied);
         assert_eq!(offerer.handle_remote(&answer, now), Disposition::Stale);
         answer.seq = 4;
@@ -771,6 +790,66 @@ mod tests {
         answer.seq = 9;
         answer.session = SessionId::from_bytes([1; 16]);
         assert_eq!(offerer.handle_remote(&answer, now), Disposition::Stale);
+    }
+
+    #[test]
+    fn answer_to_another_offer_is_refused() {
+        let (a, b) = ordered_pair();
+        let now = Instant::now();
+        let mut offerer = Negotiation::new(&a, b, NegotiationConfig::default(), now);
+        let Some(Action::StartOffer { session }) = offerer.poll_action() else {
+            panic!("offerer must start");
+        };
+        offerer.handle_local_description(session, "offer".into(), now);
+        drain(&mut offerer);
+        for offer_hash in [None, Some(offer_hash("an earlier offer"))] {
+            let answer = envelope(
+                (b, a),
+                session,
+                1,
+                1,
+                Body::Answer(Signal {
+                    sdp: "answer".into(),
+                    offer_hash,
+                    ..Signal::default()
+                }),
+            );
+            assert_eq!(
+                offerer.handle_remote(&answer, now),
+                Disposition::OfferMismatch
+            );
+        }
+        assert!(drain(&mut offerer).is_empty(), "nothing was applied");
+    }
+
+    #[test]
+    fn answer_echoes_the_hash_of_the_offer_it_answers() {
+        let (a, b) = ordered_pair();
+        let now = Instant::now();
+        let mut answerer = Negotiation::new(&b, a, NegotiationConfig::default(), now);
+        let session = SessionId::from_bytes([3; 16]);
+        let offer = envelope(
+            (a, b),
+            session,
+            1,
+            1,
+            Body::Offer(Signal {
+                sdp: "the offer".into(),
+                ..Signal::default()
+            }),
+        );
+        answerer.handle_remote(&offer, now);
+        answerer.handle_local_description(session, "answer".into(), now);
+        answerer.handle_end_of_candidates(session);
+        let actions = drain(&mut answerer);
+        let Action::Publish {
+            body: Body::Answer(signal),
+            ..
+        } = last_publish(&actions)
+        else {
+            panic!("an answer is published: {actions:?}");
+        };
+        assert_eq!(signal.offer_hash, Some(offer_hash("the offer")));
     }
 
     #[test]
