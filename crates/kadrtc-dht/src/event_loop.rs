@@ -2,13 +2,17 @@
 //! events until every handle is dropped.
 
 use std::collections::{HashMap, HashSet};
+use std::num::NonZeroU32;
 use std::time::Duration;
 
 use futures::StreamExt;
+use governor::{DefaultKeyedRateLimiter, Quota};
 use kadrtc_proto::{
-    is_presence_key, unix_time_ms, Envelope, EnvelopeError, MAILBOX_KEY_PREFIX, MAX_ENVELOPE_SIZE,
+    is_presence_key, unix_time_ms, Envelope, EnvelopeError, Sealed, MAILBOX_KEY_PREFIX,
+    MAX_ENVELOPE_SIZE,
 };
 use libp2p::{
+    connection_limits::{self, ConnectionLimits},
     gossipsub, identify,
     kad::{self, store::MemoryStore, store::RecordStore as _},
     multiaddr::Protocol,
@@ -20,15 +24,15 @@ use tokio::sync::{mpsc, oneshot};
 
 use crate::{
     Command, DhtConfig, DhtError, TopicEvent, IDENTIFY_PROTOCOL, IDLE_CONNECTION_TIMEOUT,
-    KAD_PROTOCOL, MAX_PROVIDERS_PER_GET, MAX_RECORDS_PER_GET, MAX_TOPIC_MESSAGE_SIZE,
+    INVALID_MESSAGE_WEIGHT, KAD_PROTOCOL, MAX_CONNECTIONS_PER_PEER, MAX_INCOMING_CONNECTIONS,
+    MAX_PENDING_INCOMING_CONNECTIONS, MAX_PROVIDERS_PER_GET, MAX_PROVIDERS_PER_KEY,
+    MAX_PROVIDER_RECORDS_PER_PUBLISHER_PER_MINUTE, MAX_RECORDS_PER_GET,
+    MAX_RECORDS_PER_PUBLISHER_PER_MINUTE, MAX_STORED_RECORDS,
+    MAX_TOPIC_MESSAGES_PER_AUTHOR_PER_MINUTE, MAX_TOPIC_MESSAGE_SIZE, MAX_TRACKED_PUBLISHERS,
 };
 
-/// Most records one node stores for others.
-const MAX_STORED_RECORDS: usize = 4096;
 /// Most keys this node itself provides.
 const MAX_PROVIDED_KEYS: usize = 1024;
-/// Most providers stored per key: room members announcing presence.
-const MAX_PROVIDERS_PER_KEY: usize = 256;
 /// How long a provider record lives; members republish at half of it while in the room,
 /// so members that left drop out of lookups within minutes, not libp2p's default 48 h.
 const PROVIDER_RECORD_TTL: Duration = Duration::from_secs(10 * 60);
@@ -40,6 +44,7 @@ const ROOM_TOPIC_PREFIX: &str = "kadrtc/room/";
 
 #[derive(NetworkBehaviour)]
 struct Behaviour {
+    limits: connection_limits::Behaviour,
     kad: kad::Behaviour<MemoryStore>,
     gossipsub: gossipsub::Behaviour,
     identify: identify::Behaviour,
@@ -54,6 +59,15 @@ struct EventLoop {
     pending_providers: HashMap<kad::QueryId, Pending<Vec<PeerId>>>,
     pending_get: HashMap<kad::QueryId, Pending<Vec<Vec<u8>>>>,
     topics: HashMap<gossipsub::TopicHash, (String, mpsc::Sender<TopicEvent>)>,
+    record_rate: PublisherRate,
+    provider_rate: PublisherRate,
+    topic_rate: PublisherRate,
+}
+
+/// Per-publisher rate limit over a one-minute quota, tracking at most
+/// [`MAX_TRACKED_PUBLISHERS`] publishers.
+struct PublisherRate {
+    limiter: DefaultKeyedRateLimiter<PeerId>,
 }
 
 /// A query whose results are collected until it finishes.
@@ -177,6 +191,9 @@ pub(crate) async fn start(
         pending_providers: HashMap::new(),
         pending_get: HashMap::new(),
         topics: HashMap::new(),
+        record_rate: PublisherRate::per_minute(MAX_RECORDS_PER_PUBLISHER_PER_MINUTE),
+        provider_rate: PublisherRate::per_minute(MAX_PROVIDER_RECORDS_PER_PUBLISHER_PER_MINUTE),
+        topic_rate: PublisherRate::per_minute(MAX_TOPIC_MESSAGES_PER_AUTHOR_PER_MINUTE),
     };
     tokio::spawn(event_loop.run());
     Ok(addrs)
@@ -195,7 +212,7 @@ pub fn validate_mailbox_record(
     key: &[u8],
     value: &[u8],
     now: u64,
-) -> Result<Envelope, EnvelopeError> {
+) -> Result<Envelope<Sealed>, EnvelopeError> {
     if !key.starts_with(MAILBOX_KEY_PREFIX) {
         return Err(EnvelopeError::WrongMailbox);
     }
@@ -248,15 +265,26 @@ fn build_swarm(config: &DhtConfig) -> Result<Swarm<Behaviour>, DhtError> {
                 .heartbeat_interval(Duration::from_millis(500))
                 .build()
                 .map_err(|e| e.to_string())?;
-            let gossipsub = gossipsub::Behaviour::new(
+            let mut gossipsub = gossipsub::Behaviour::new(
                 gossipsub::MessageAuthenticity::Signed(key.clone()),
                 gossipsub_config,
+            )?;
+            gossipsub.with_peer_score(
+                peer_score_params(),
+                gossipsub::PeerScoreThresholds::default(),
             )?;
             let identify = identify::Behaviour::new(
                 identify::Config::new(IDENTIFY_PROTOCOL.to_string(), key.public())
                     .with_agent_version(format!("kadrtc/{}", env!("CARGO_PKG_VERSION"))),
             );
+            let limits = connection_limits::Behaviour::new(
+                ConnectionLimits::default()
+                    .with_max_established_incoming(Some(MAX_INCOMING_CONNECTIONS))
+                    .with_max_pending_incoming(Some(MAX_PENDING_INCOMING_CONNECTIONS))
+                    .with_max_established_per_peer(Some(MAX_CONNECTIONS_PER_PEER)),
+            );
             Ok(Behaviour {
+                limits,
                 kad,
                 gossipsub,
                 identify,
@@ -345,7 +373,13 @@ impl EventLoop {
                     .gossipsub
                     .subscribe(&ident)
                     .map(|_| ())
-                    .map_err(|e| DhtError::Subscribe(e.to_string()));
+                    .map_err(|e| DhtError::Subscribe(e.to_string()))
+                    .and_then(|()| {
+                        behaviour
+                            .gossipsub
+                            .set_topic_params(ident.clone(), room_topic_score_params())
+                            .map_err(|e| DhtError::Subscribe(e.to_string()))
+                    });
                 if result.is_ok() {
                     self.topics.insert(ident.hash(), (topic, sender));
                 }
@@ -366,6 +400,9 @@ impl EventLoop {
             }
             Command::ConnectedPeers { reply } => {
                 let _ = reply.send(self.swarm.connected_peers().copied().collect());
+            }
+            Command::PeerScore { peer, reply } => {
+                let _ = reply.send(behaviour.gossipsub.peer_score(&peer));
             }
         }
     }
@@ -499,6 +536,13 @@ impl EventLoop {
         match request {
             kad::InboundRequest::PutRecord {
                 source,
+                record: Some(_),
+                ..
+            } if !self.record_rate.allow(source) => {
+                tracing::warn!(%source, limit = MAX_RECORDS_PER_PUBLISHER_PER_MINUTE, "rejected record: publisher over its records per minute");
+            }
+            kad::InboundRequest::PutRecord {
+                source,
                 record: Some(mut record),
                 ..
             } => match validate_mailbox_record(record.key.as_ref(), &record.value, now)
@@ -522,8 +566,11 @@ impl EventLoop {
             kad::InboundRequest::AddProvider {
                 record: Some(record),
             } => {
-                // A provider record must name its publisher and key a sha2-256 multihash.
-                if is_presence_key(record.key.as_ref()) {
+                // libp2p-kad has checked that the record names its publisher; the key must be
+                // a sha2-256 multihash and the publisher within its rate.
+                if !self.provider_rate.allow(record.provider) {
+                    tracing::warn!(provider = %record.provider, limit = MAX_PROVIDER_RECORDS_PER_PUBLISHER_PER_MINUTE, "rejected provider record: publisher over its provider records per minute");
+                } else if is_presence_key(record.key.as_ref()) {
                     if let Err(error) = store.add_provider(record) {
                         tracing::warn!(%error, "provider record not stored");
                     }
@@ -551,22 +598,32 @@ impl EventLoop {
             _ => return,
         };
         let acceptance = match self.topics.get(&message.topic) {
-            Some((topic, sender)) => match validate_topic_message(topic, &message.data) {
-                Ok(envelope) => {
-                    let delivered = TopicEvent::Message {
-                        source: message.source,
-                        envelope: Box::new(envelope),
-                    };
-                    if sender.try_send(delivered).is_err() {
-                        tracing::debug!(%topic, "subscriber is slow or gone; message dropped");
+            Some((topic, _))
+                if !message
+                    .source
+                    .is_some_and(|author| self.topic_rate.allow(author)) =>
+            {
+                tracing::warn!(%topic, source = ?message.source, limit = MAX_TOPIC_MESSAGES_PER_AUTHOR_PER_MINUTE, "ignored topic message: author over its messages per minute");
+                gossipsub::MessageAcceptance::Ignore
+            }
+            Some((topic, sender)) => {
+                match validate_topic_message(topic, message.source, &message.data) {
+                    Ok(envelope) => {
+                        let delivered = TopicEvent::Message {
+                            source: message.source,
+                            envelope: Box::new(envelope),
+                        };
+                        if sender.try_send(delivered).is_err() {
+                            tracing::debug!(%topic, "subscriber is slow or gone; message dropped");
+                        }
+                        gossipsub::MessageAcceptance::Accept
                     }
-                    gossipsub::MessageAcceptance::Accept
+                    Err(error) => {
+                        tracing::warn!(%propagation_source, source = ?message.source, "rejected topic message: {}", error_chain(&error));
+                        gossipsub::MessageAcceptance::Reject
+                    }
                 }
-                Err(error) => {
-                    tracing::warn!(%propagation_source, source = ?message.source, "rejected topic message: {}", error_chain(&error));
-                    gossipsub::MessageAcceptance::Reject
-                }
-            },
+            }
             None => gossipsub::MessageAcceptance::Ignore,
         };
         self.swarm
@@ -581,9 +638,9 @@ impl EventLoop {
 fn newer_than_stored(
     store: &mut MemoryStore,
     record: &kad::Record,
-    envelope: Envelope,
+    envelope: Envelope<Sealed>,
     now: u64,
-) -> Result<Envelope, EnvelopeError> {
+) -> Result<Envelope<Sealed>, EnvelopeError> {
     let Some(stored) = store.get(&record.key) else {
         return Ok(envelope);
     };
@@ -602,13 +659,76 @@ fn newer_than_stored(
     Ok(envelope)
 }
 
-/// A room topic message must be a valid envelope of that topic's room.
-fn validate_topic_message(topic: &str, data: &[u8]) -> Result<Envelope, EnvelopeError> {
+/// A room topic message must be a valid envelope of that topic's room, published by the
+/// envelope's signer (so that one libp2p identity cannot speak for many).
+fn validate_topic_message(
+    topic: &str,
+    author: Option<PeerId>,
+    data: &[u8],
+) -> Result<Envelope<Sealed>, EnvelopeError> {
     let envelope = Envelope::decode(data, unix_time_ms())?;
     if topic.starts_with(ROOM_TOPIC_PREFIX) && envelope.room_id.topic() != topic {
         return Err(EnvelopeError::WrongRoom);
     }
+    if author != Some(envelope.from) {
+        return Err(EnvelopeError::AuthorMismatch {
+            from: envelope.from,
+            author,
+        });
+    }
     Ok(envelope)
+}
+
+/// Peer scoring for a network where many honest peers share an address (loopback testnets,
+/// homes behind one NAT) and room topics are quiet: no IP colocation penalty and no
+/// mesh-delivery quota, so that the score moves with invalid messages (P₄) and stays near
+/// zero otherwise.
+fn peer_score_params() -> gossipsub::PeerScoreParams {
+    gossipsub::PeerScoreParams {
+        ip_colocation_factor_weight: 0.0,
+        ..Default::default()
+    }
+}
+
+/// Score parameters of every room topic (gossipsub v1.1 §"Topic parameter calculation"):
+/// a little credit for time in mesh and first deliveries, capped so that it never outweighs
+/// invalid messages, whose penalty decays by a tenth a second.
+fn room_topic_score_params() -> gossipsub::TopicScoreParams {
+    gossipsub::TopicScoreParams {
+        topic_weight: 1.0,
+        time_in_mesh_weight: 0.1,
+        time_in_mesh_quantum: Duration::from_secs(1),
+        time_in_mesh_cap: 10.0,
+        first_message_deliveries_weight: 0.5,
+        first_message_deliveries_decay: 0.9,
+        first_message_deliveries_cap: 10.0,
+        mesh_message_deliveries_weight: 0.0,
+        mesh_failure_penalty_weight: 0.0,
+        invalid_message_deliveries_weight: INVALID_MESSAGE_WEIGHT,
+        invalid_message_deliveries_decay: 0.9,
+        ..Default::default()
+    }
+}
+
+impl PublisherRate {
+    fn per_minute(limit: u32) -> Self {
+        let limit = NonZeroU32::new(limit).unwrap_or(NonZeroU32::MIN);
+        Self {
+            limiter: DefaultKeyedRateLimiter::hashmap(Quota::per_minute(limit)),
+        }
+    }
+
+    /// Counts one event of `publisher`; false when it is over its quota, or when the table
+    /// is full of publishers seen within the last minute.
+    fn allow(&mut self, publisher: PeerId) -> bool {
+        if self.limiter.len() >= MAX_TRACKED_PUBLISHERS {
+            self.limiter.retain_recent();
+            if self.limiter.len() >= MAX_TRACKED_PUBLISHERS {
+                return false;
+            }
+        }
+        self.limiter.check_key(&publisher).is_ok()
+    }
 }
 
 fn error_chain(error: &dyn std::error::Error) -> String {

@@ -7,8 +7,14 @@
 //! the same envelopes fast. Every node validates what it is asked to store or forward: a
 //! mailbox record must be a signed, unexpired [`kadrtc_proto::Envelope`] stored under the key
 //! its room, sender and recipient derive; a room topic message must be a signed, unexpired
-//! envelope of that room. Anything else is refused with a log line (and, for gossipsub, a
-//! `Reject` that peer scoring counts against the sender).
+//! envelope of that room, published by the envelope's own signer. Anything else is refused
+//! with a log line (and, for gossipsub, a `Reject` that peer scoring counts against the
+//! peer that forwarded it). Bodies are sealed: nodes check headers and signatures, never
+//! SDPs.
+//!
+//! Every node bounds what others can make it hold or do; the limits are the `MAX_*`
+//! constants below (records stored, providers per key, records and provider records accepted
+//! per publisher per minute, topic messages per author per minute, connections).
 //!
 //! ```no_run
 //! # async fn run() -> Result<(), kadrtc_dht::DhtError> {
@@ -31,7 +37,7 @@ mod event_loop;
 use std::num::NonZeroUsize;
 use std::time::Duration;
 
-use kadrtc_proto::Envelope;
+use kadrtc_proto::{Envelope, Sealed};
 use libp2p::{identity::Keypair, Multiaddr, PeerId};
 use thiserror::Error;
 use tokio::sync::{mpsc, oneshot};
@@ -61,6 +67,34 @@ pub const MAX_RECORDS_PER_GET: usize = 16;
 pub const MAX_PROVIDERS_PER_GET: usize = 64;
 /// How long a connection with no open stream is kept.
 pub const IDLE_CONNECTION_TIMEOUT: Duration = Duration::from_secs(120);
+/// Most records one node stores for others (each at most
+/// [`kadrtc_proto::MAX_ENVELOPE_SIZE`]: 32 MiB in all).
+pub const MAX_STORED_RECORDS: usize = 4096;
+/// Most providers stored per key: room members announcing presence.
+pub const MAX_PROVIDERS_PER_KEY: usize = 256;
+/// Mailbox records one publisher (the peer sending `PUT_VALUE`) may have stored per minute
+/// at one node; more are refused. A member of a full room (64 peers, about five updates per
+/// peer and session) stays below it.
+pub const MAX_RECORDS_PER_PUBLISHER_PER_MINUTE: u32 = 300;
+/// Provider records one publisher may add per minute at one node (one per room joined, and a
+/// republication every five minutes).
+pub const MAX_PROVIDER_RECORDS_PER_PUBLISHER_PER_MINUTE: u32 = 60;
+/// Room topic messages one author (the envelope's signer) may have accepted per minute by one
+/// node; more are ignored.
+pub const MAX_TOPIC_MESSAGES_PER_AUTHOR_PER_MINUTE: u32 = 600;
+/// Publishers and authors whose rates a node tracks at once; while the table is full of
+/// peers seen within the last minute, new ones are refused.
+pub const MAX_TRACKED_PUBLISHERS: usize = 4096;
+/// Established incoming connections a node accepts.
+pub const MAX_INCOMING_CONNECTIONS: u32 = 512;
+/// Incoming connections in their handshake at once.
+pub const MAX_PENDING_INCOMING_CONNECTIONS: u32 = 64;
+/// Established connections per remote peer.
+pub const MAX_CONNECTIONS_PER_PEER: u32 = 4;
+/// Gossipsub peer-score weight of one invalid message on a room topic (P₄ of the gossipsub
+/// v1.1 spec, counted squared): two invalid messages cross the gossip threshold (−10), three
+/// the graylist threshold (−80), after which the forwarder's messages are ignored.
+pub const INVALID_MESSAGE_WEIGHT: f64 = -10.0;
 
 /// How to start a [`Dht`].
 #[derive(Debug, Clone)]
@@ -93,12 +127,13 @@ pub struct DhtHandle {
 #[non_exhaustive]
 pub enum TopicEvent {
     /// A message arrived and passed validation: a signed, unexpired envelope of this topic's
-    /// room, already decoded (its signature is not checked again downstream).
+    /// room published by its signer, already decoded (its signature is not checked again
+    /// downstream). The body is still sealed.
     Message {
-        /// The peer that published it (gossipsub signed author).
+        /// The peer that published it (gossipsub signed author, equal to `envelope.from`).
         source: Option<PeerId>,
         /// The envelope it carried (boxed: it is large beside the other variant).
-        envelope: Box<Envelope>,
+        envelope: Box<Envelope<Sealed>>,
     },
     /// A connected peer subscribed to the topic.
     PeerSubscribed {
@@ -187,6 +222,10 @@ enum Command {
     },
     ConnectedPeers {
         reply: oneshot::Sender<Vec<PeerId>>,
+    },
+    PeerScore {
+        peer: PeerId,
+        reply: oneshot::Sender<Option<f64>>,
     },
 }
 
@@ -353,6 +392,17 @@ impl DhtHandle {
     /// [`DhtError::Stopped`].
     pub async fn connected_peers(&self) -> Result<Vec<PeerId>, DhtError> {
         self.request(|reply| Command::ConnectedPeers { reply })
+            .await
+    }
+
+    /// The gossipsub score this node gives `peer` (gossipsub v1.1 §"Peer scoring"), `None`
+    /// when the peer is unknown. Negative after it forwarded invalid room messages.
+    ///
+    /// # Errors
+    ///
+    /// [`DhtError::Stopped`].
+    pub async fn peer_score(&self, peer: PeerId) -> Result<Option<f64>, DhtError> {
+        self.request(|reply| Command::PeerScore { peer, reply })
             .await
     }
 

@@ -3,8 +3,10 @@
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use kadrtc_dht::{DhtConfig, DhtError, DhtHandle, TopicEvent};
-use kadrtc_proto::{Body, Envelope, RoomName, SessionId, Signal, ENVELOPE_VERSION};
+use kadrtc_dht::{
+    DhtConfig, DhtError, DhtHandle, TopicEvent, MAX_RECORDS_PER_PUBLISHER_PER_MINUTE,
+};
+use kadrtc_proto::{Body, Envelope, RoomKey, RoomName, SessionId, Signal, ENVELOPE_VERSION};
 use libp2p::identity::Keypair;
 use libp2p::PeerId;
 use tokio::time::{sleep, timeout, Instant};
@@ -30,6 +32,13 @@ async fn node_with_key(key: Keypair, bootstrap: Option<&DhtHandle>) -> DhtHandle
     DhtHandle::spawn(config).await.unwrap()
 }
 
+/// Signs `envelope` with `key`, sealed under the key of room "lobby".
+fn sign(envelope: &Envelope, key: &Keypair) -> Vec<u8> {
+    envelope
+        .sign(key, &RoomKey::derive(&RoomName::new("lobby").unwrap()))
+        .unwrap()
+}
+
 fn offer(key: &Keypair, to: PeerId, room: &str) -> Envelope {
     Envelope {
         version: ENVELOPE_VERSION,
@@ -44,6 +53,7 @@ fn offer(key: &Keypair, to: PeerId, room: &str) -> Envelope {
             sdp: "v=0".into(),
             candidates: vec![],
             end_of_candidates: false,
+            offer_hash: None,
         }),
     }
 }
@@ -75,14 +85,14 @@ async fn storing_node_keeps_valid_mailbox_records_and_refuses_forged_ones() {
     let valid = offer(&writer_key, to, "lobby");
     let valid_key = valid.room_id.mailbox_key(&valid.from, &to);
     writer
-        .put_record(valid_key.clone(), valid.sign(&writer_key).unwrap(), TTL)
+        .put_record(valid_key.clone(), sign(&valid, &writer_key), TTL)
         .await
         .unwrap();
 
     // A forged one: valid envelope, one flipped signature bit.
     let forged = offer(&writer_key, to, "other-room");
     let forged_key = forged.room_id.mailbox_key(&forged.from, &to);
-    let mut bytes = forged.sign(&writer_key).unwrap();
+    let mut bytes = sign(&forged, &writer_key);
     let last = bytes.len() - 1;
     bytes[last] ^= 1;
     // The writer stores locally whatever it puts; the storer answers but must not keep it.
@@ -145,10 +155,8 @@ async fn topic_delivers_valid_envelopes_and_drops_invalid_ones() {
 
     let mut valid = offer(&a_key, b.peer_id(), "lobby");
     valid.body = Body::Presence;
-    let valid = valid.sign(&a_key).unwrap();
-    let wrong_room = offer(&a_key, b.peer_id(), "elsewhere")
-        .sign(&a_key)
-        .unwrap();
+    let valid = sign(&valid, &a_key);
+    let wrong_room = sign(&offer(&a_key, b.peer_id(), "elsewhere"), &a_key);
     // Publishing fails until b's subscription has reached a.
     eventually(Duration::from_secs(10), || {
         let a = a.clone();
@@ -214,7 +222,7 @@ async fn storing_node_refuses_to_roll_a_mailbox_back_to_an_older_envelope() {
     let mut older = newer.clone();
     older.seq = 1;
     let key = newer.room_id.mailbox_key(&newer.from, &to);
-    let newer_bytes = newer.sign(&writer_key).unwrap();
+    let newer_bytes = sign(&newer, &writer_key);
     writer
         .put_record(key.clone(), newer_bytes.clone(), TTL)
         .await
@@ -222,7 +230,7 @@ async fn storing_node_refuses_to_roll_a_mailbox_back_to_an_older_envelope() {
     // A replay of an older state reaches the storer (the writer's own copy is overwritten
     // locally, so the writer must leave before the read).
     let _ = writer
-        .put_record(key.clone(), older.sign(&writer_key).unwrap(), TTL)
+        .put_record(key.clone(), sign(&older, &writer_key), TTL)
         .await;
     drop(writer);
 
@@ -239,4 +247,85 @@ async fn storing_node_refuses_to_roll_a_mailbox_back_to_an_older_envelope() {
         vec![newer_bytes],
         "the storer kept the newer envelope"
     );
+}
+
+#[tokio::test]
+async fn topic_message_signed_for_another_identity_is_rejected_and_scored() {
+    let a = node(None).await;
+    let b = node(Some(&a)).await;
+    let room = RoomName::new("lobby").unwrap().id();
+    let _a_sub = a.subscribe(room.topic()).await.unwrap();
+    let mut b_sub = b.subscribe(room.topic()).await.unwrap();
+
+    // a publishes envelopes signed by fresh identities that are not its own libp2p key.
+    let stranger = Keypair::generate_ed25519();
+    let mut presence = offer(&stranger, b.peer_id(), "lobby");
+    presence.body = Body::Presence;
+    let foreign = sign(&presence, &stranger);
+    eventually(Duration::from_secs(10), || {
+        let (a, topic, data) = (a.clone(), room.topic(), foreign.clone());
+        async move { a.publish(topic, data).await.ok() }
+    })
+    .await
+    .expect("a can publish once b subscribed");
+    for _ in 0..3 {
+        let other = Keypair::generate_ed25519();
+        let mut presence = offer(&other, b.peer_id(), "lobby");
+        presence.body = Body::Presence;
+        a.publish(room.topic(), sign(&presence, &other))
+            .await
+            .unwrap();
+    }
+
+    // b refuses every one of them and its score of a falls below the gossip threshold.
+    let score = eventually(Duration::from_secs(10), || {
+        let (b, a) = (b.clone(), a.peer_id());
+        async move { b.peer_score(a).await.unwrap().filter(|s| *s <= -10.0) }
+    })
+    .await;
+    assert!(score.is_some(), "a's score at b went negative");
+    assert!(
+        !matches!(b_sub.try_recv(), Ok(TopicEvent::Message { .. })),
+        "no foreign envelope is delivered"
+    );
+}
+
+#[tokio::test]
+async fn storing_node_refuses_records_over_the_publisher_rate() {
+    let storer = node(None).await;
+    let writer_key = Keypair::generate_ed25519();
+    let writer = node_with_key(writer_key.clone(), Some(&storer)).await;
+    // One valid record per mailbox, so that only the rate can refuse one. The storer answers
+    // every PUT_VALUE (Kademlia acknowledges before validation), so storage is read back.
+    let total = MAX_RECORDS_PER_PUBLISHER_PER_MINUTE as usize + 40;
+    let mut keys = Vec::with_capacity(total);
+    let started = Instant::now();
+    for _ in 0..total {
+        let envelope = offer(&writer_key, PeerId::random(), "lobby");
+        let key = envelope
+            .room_id
+            .mailbox_key(&envelope.from, &envelope.to.unwrap());
+        let _ = writer
+            .put_record(key.clone(), sign(&envelope, &writer_key), TTL)
+            .await;
+        keys.push(key);
+    }
+    let elapsed = started.elapsed();
+    drop(writer);
+
+    let reader = node(Some(&storer)).await;
+    let mut stored = 0;
+    for key in keys {
+        if !reader.get_record(key).await.unwrap_or_default().is_empty() {
+            stored += 1;
+        }
+    }
+    // The quota is a burst of the limit that refills at limit/60 per second (GCRA).
+    let limit = MAX_RECORDS_PER_PUBLISHER_PER_MINUTE as usize;
+    let refilled = (elapsed.as_secs_f64() * limit as f64 / 60.0).ceil() as usize;
+    assert!(
+        stored <= limit + refilled,
+        "{stored} of {total} records were stored in {elapsed:?}"
+    );
+    assert!(stored >= limit - 5, "an honest rate is stored: {stored}");
 }

@@ -194,6 +194,15 @@ pub enum EnvelopeError {
     /// Signing failed.
     #[error("signing the envelope failed")]
     Signing(#[source] SigningError),
+    /// A topic message carries an envelope of another signer than the peer that published
+    /// it: one libp2p identity may not speak for others on a room topic.
+    #[error("topic message from {author:?} carries an envelope signed by {from}")]
+    AuthorMismatch {
+        /// The envelope's signer.
+        from: PeerId,
+        /// The gossipsub author of the message.
+        author: Option<PeerId>,
+    },
     /// The body could not be sealed (XChaCha20-Poly1305 refuses only inputs of 256 GiB and up).
     #[error("sealing the envelope body failed")]
     Seal,
