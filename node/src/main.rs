@@ -9,7 +9,7 @@ use std::process::ExitCode;
 
 use anyhow::Context as _;
 use clap::{Args, Parser, Subcommand};
-use kadrtc::{Multiaddr, Node};
+use kadrtc::{Multiaddr, Node, PeerId, RoomConfig};
 use tokio::io::{AsyncBufReadExt as _, BufReader};
 
 use crate::output::Output;
@@ -61,6 +61,23 @@ struct CommonArgs {
 struct JoinArgs {
     /// The room name: everyone who uses the same name meets.
     room: String,
+    /// Room passphrase: signaling is sealed under a key derived from the room name and this
+    /// passphrase (argon2id), so that only members with the same passphrase can read it.
+    /// Prefer the KADRTC_PASSPHRASE variable or --passphrase-file: other local users can
+    /// read command lines.
+    #[arg(
+        long,
+        value_name = "TEXT",
+        env = "KADRTC_PASSPHRASE",
+        hide_env_values = true
+    )]
+    passphrase: Option<String>,
+    /// Read the room passphrase from the first line of FILE.
+    #[arg(long, value_name = "FILE", conflicts_with = "passphrase")]
+    passphrase_file: Option<PathBuf>,
+    /// Only connect to this peer (repeatable); envelopes from any other peer are ignored.
+    #[arg(long, value_name = "PEERID", value_parser = parse_peer_id)]
+    allow: Vec<PeerId>,
     #[command(flatten)]
     common: CommonArgs,
 }
@@ -130,8 +147,15 @@ async fn run_join(args: JoinArgs, out: &Output) -> anyhow::Result<()> {
     if args.common.bootstrap.is_empty() {
         tracing::warn!("no --bootstrap given: only peers that connect to this node can be found");
     }
+    let mut config = RoomConfig::default();
+    if let Some(passphrase) = passphrase(&args)? {
+        config = config.with_passphrase(passphrase);
+    }
+    if !args.allow.is_empty() {
+        config = config.with_allow(args.allow.iter().copied());
+    }
     let mut room = node
-        .join(&args.room)
+        .join_with(&args.room, config)
         .await
         .with_context(|| format!("cannot join room {:?}", args.room))?;
     out.joined(&args.room);
@@ -171,6 +195,23 @@ async fn run_join(args: JoinArgs, out: &Output) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The passphrase from --passphrase / KADRTC_PASSPHRASE, or the first line of
+/// --passphrase-file.
+fn passphrase(args: &JoinArgs) -> anyhow::Result<Option<String>> {
+    if let Some(path) = &args.passphrase_file {
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("cannot read the passphrase file {}", path.display()))?;
+        let line = text.lines().next().unwrap_or_default().to_string();
+        anyhow::ensure!(
+            !line.is_empty(),
+            "the passphrase file {} is empty",
+            path.display()
+        );
+        return Ok(Some(line));
+    }
+    Ok(args.passphrase.clone())
+}
+
 /// Resolves on Ctrl-C (SIGINT) or SIGTERM.
 async fn shutdown_signal() -> anyhow::Result<()> {
     let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
@@ -179,6 +220,12 @@ async fn shutdown_signal() -> anyhow::Result<()> {
         result = tokio::signal::ctrl_c() => result.context("cannot listen for Ctrl-C"),
         _ = terminate.recv() => Ok(()),
     }
+}
+
+fn parse_peer_id(text: &str) -> Result<PeerId, String> {
+    text.parse().map_err(|error| {
+        format!("invalid PeerId {text:?} ({error}); expected for example 12D3KooW...")
+    })
 }
 
 fn parse_multiaddr(text: &str) -> Result<Multiaddr, String> {

@@ -3,7 +3,7 @@
 
 use std::io::Write as _;
 
-use kadrtc::{Discovery, Node, RoomEvent};
+use kadrtc::{Discovery, Node, RoomError, RoomEvent};
 use serde_json::{json, Value};
 
 /// Prints events as text or JSON lines.
@@ -83,11 +83,28 @@ impl Output {
                 }
             }
             RoomEvent::Error { peer, error } => {
+                let kind = match error {
+                    RoomError::GaveUp { .. } => "gave_up",
+                    RoomError::AttemptFailed { .. } => "attempt_failed",
+                    RoomError::Rtc(_) => "webrtc",
+                    RoomError::WrongPassphrase => "wrong_passphrase",
+                    RoomError::ChannelBinding(_) => "channel_binding",
+                    _ => "other",
+                };
                 let message = match peer {
                     Some(peer) => format!("{peer}: {error}"),
                     None => error.to_string(),
                 };
-                self.error(&message);
+                if self.json {
+                    self.line(json!({
+                        "event": "error",
+                        "kind": kind,
+                        "peer_id": peer.map(|p| p.to_string()),
+                        "message": message,
+                    }));
+                } else {
+                    self.error(&message);
+                }
             }
             other => tracing::debug!(?other, "event not shown"),
         }

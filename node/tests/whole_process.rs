@@ -10,7 +10,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use kadrtc_dht::{DhtConfig, DhtHandle};
 use kadrtc_proto::{
-    Body, Envelope, Keypair, PeerId, RoomName, SessionId, Signal, ENVELOPE_VERSION,
+    Body, Envelope, Keypair, PeerId, RoomKey, RoomName, SessionId, Signal, ENVELOPE_VERSION,
 };
 use serde_json::Value;
 
@@ -307,10 +307,12 @@ fn signed_offer(from: &Keypair, to: PeerId, room: &str) -> (Vec<u8>, Vec<u8>) {
             sdp: "v=0\r\n".into(),
             candidates: vec![],
             end_of_candidates: true,
+            offer_hash: None,
         }),
     };
     let key = envelope.room_id.mailbox_key(&envelope.from, &to);
-    (key, envelope.sign(from).unwrap())
+    let room_key = RoomKey::derive(&RoomName::new(room).unwrap());
+    (key, envelope.sign(from, &room_key).unwrap())
 }
 
 /// [`signed_offer`] with one bit of its signature (the last field) flipped.

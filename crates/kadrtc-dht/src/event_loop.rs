@@ -673,7 +673,7 @@ fn validate_topic_message(
     if author != Some(envelope.from) {
         return Err(EnvelopeError::AuthorMismatch {
             from: envelope.from,
-            author,
+            author: author.map(Box::new),
         });
     }
     Ok(envelope)

@@ -59,8 +59,9 @@ pub enum BindingError {
     WrongPeer {
         /// The peer the envelopes name.
         expected: PeerId,
-        /// The peer whose key made the proof.
-        proved: PeerId,
+        /// The peer whose key made the proof (boxed: two peer ids would make every
+        /// `Result` carrying this error large).
+        proved: Box<PeerId>,
     },
     /// The signature does not cover this session and these DTLS fingerprints.
     #[error(
@@ -186,7 +187,7 @@ impl ChannelBinding {
         if &proved != expected {
             return Err(BindingError::WrongPeer {
                 expected: *expected,
-                proved,
+                proved: Box::new(proved),
             });
         }
         if !public_key.verify(&self.transcript(), &wire.signature) {
@@ -232,7 +233,7 @@ mod tests {
         let proof = binding(1, 2, 3).prove(&mallory).unwrap();
         assert!(matches!(
             binding(1, 2, 3).verify(&proof, &alice.public().to_peer_id()),
-            Err(BindingError::WrongPeer { proved, .. }) if proved == mallory.public().to_peer_id()
+            Err(BindingError::WrongPeer { proved, .. }) if *proved == mallory.public().to_peer_id()
         ));
     }
 

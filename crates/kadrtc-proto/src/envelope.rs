@@ -200,8 +200,9 @@ pub enum EnvelopeError {
     AuthorMismatch {
         /// The envelope's signer.
         from: PeerId,
-        /// The gossipsub author of the message.
-        author: Option<PeerId>,
+        /// The gossipsub author of the message (boxed: two peer ids would make every
+        /// `Result` carrying this error large).
+        author: Option<Box<PeerId>>,
     },
     /// The body could not be sealed (XChaCha20-Poly1305 refuses only inputs of 256 GiB and up).
     #[error("sealing the envelope body failed")]

@@ -96,6 +96,9 @@ pub enum RtcError {
     /// The connection has no local description after it was set.
     #[error("no local description after setting it")]
     NoLocalDescription,
+    /// The DTLS handshake has not presented a remote certificate (the channel is not open).
+    #[error("no remote DTLS certificate yet")]
+    NoRemoteCertificate,
     /// A message is larger than [`MAX_MESSAGE_SIZE`].
     #[error("message is {size} bytes; at most {MAX_MESSAGE_SIZE} are allowed")]
     MessageTooLarge {
@@ -282,6 +285,37 @@ impl PeerConnection {
             })
             .await
             .map_err(webrtc_error)
+    }
+
+    /// The SDP of the local description, once set.
+    ///
+    /// # Errors
+    ///
+    /// [`RtcError::NoLocalDescription`] before the offer or answer was created.
+    pub async fn local_description(&self) -> Result<String, RtcError> {
+        self.local_sdp().await
+    }
+
+    /// The DER certificate the remote presented in the DTLS handshake (RFC 8827 §6.5: the
+    /// one whose fingerprint the remote description carries). Available once the data
+    /// channel is open.
+    ///
+    /// # Errors
+    ///
+    /// [`RtcError::NoRemoteCertificate`] before the handshake has finished.
+    pub async fn remote_certificate(&self) -> Result<Vec<u8>, RtcError> {
+        let sctp = self
+            .inner
+            .sctp()
+            .await
+            .ok_or(RtcError::NoRemoteCertificate)?;
+        sctp.transport()
+            .get_remote_certificates()
+            .await
+            .map_err(webrtc_error)?
+            .into_iter()
+            .next()
+            .ok_or(RtcError::NoRemoteCertificate)
     }
 
     /// Closes the connection and its channel.

@@ -43,11 +43,12 @@ mod node;
 mod room;
 
 pub use identity::{Identity, IdentityError};
-pub use kadrtc_proto::NegotiationConfig;
+pub use kadrtc_proto::{BindingError, KeyError, NegotiationConfig};
 pub use kadrtc_rtc::MAX_MESSAGE_SIZE;
 pub use libp2p::{Multiaddr, PeerId};
 pub use node::{JoinError, Node, NodeBuilder, NodeError};
 pub use room::{
-    Discovery, Room, RoomConfig, RoomError, RoomEvent, SendError, DEFAULT_DISCOVERY_INITIAL,
-    DEFAULT_DISCOVERY_MAX, DEFAULT_ENVELOPE_TTL, DEFAULT_MAX_PEERS, EVENT_CHANNEL_CAPACITY,
+    Discovery, Passphrase, Room, RoomConfig, RoomError, RoomEvent, SendError,
+    DEFAULT_DISCOVERY_INITIAL, DEFAULT_DISCOVERY_MAX, DEFAULT_ENVELOPE_TTL, DEFAULT_MAX_PEERS,
+    EVENT_CHANNEL_CAPACITY,
 };

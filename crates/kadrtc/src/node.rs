@@ -5,7 +5,7 @@ use std::net::{IpAddr, Ipv4Addr};
 use std::sync::{Arc, Mutex};
 
 use kadrtc_dht::{DhtConfig, DhtError, DhtHandle};
-use kadrtc_proto::{Keypair, RoomId, RoomName, RoomNameError};
+use kadrtc_proto::{KeyError, Keypair, RoomId, RoomName, RoomNameError};
 
 use crate::Identity;
 use kadrtc_rtc::RtcConfig;
@@ -66,6 +66,9 @@ pub enum JoinError {
     /// Subscribing to the room topic failed.
     #[error("cannot join the room topic")]
     Dht(#[source] DhtError),
+    /// The room key cannot be derived from the passphrase (empty or too long).
+    #[error("unusable passphrase: {0}")]
+    Passphrase(#[source] KeyError),
 }
 
 impl Node {

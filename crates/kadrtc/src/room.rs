@@ -4,19 +4,21 @@
 //! the WebRTC peer connections; the [`Room`] handle talks to it through bounded channels and
 //! reads open channels from a shared map to send without a round trip.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::{Arc, PoisonError, RwLock};
 use std::time::{Duration, Instant};
 
 use kadrtc_dht::{DhtHandle, TopicEvent};
 use kadrtc_proto::{
-    unix_time_ms, Action, Body, Envelope, EnvelopeError, Negotiation, NegotiationConfig, RoomId,
-    RoomName, SessionId, ENVELOPE_VERSION,
+    unix_time_ms, Action, BindingError, Body, ChannelBinding, Disposition, Envelope, EnvelopeError,
+    Fingerprint, KeyError, Negotiation, NegotiationConfig, Role, RoomId, RoomKey, RoomName, Sealed,
+    SessionId, ENVELOPE_VERSION,
 };
 use kadrtc_rtc::{Channel, PeerConnection, RtcError, RtcEvent};
 use libp2p::PeerId;
 use thiserror::Error;
 use tokio::sync::{mpsc, oneshot, watch};
+use zeroize::{Zeroize, ZeroizeOnDrop};
 
 use crate::node::NodeInner;
 
@@ -28,7 +30,9 @@ pub const DEFAULT_ENVELOPE_TTL: Duration = Duration::from_secs(120);
 pub const DEFAULT_DISCOVERY_INITIAL: Duration = Duration::from_millis(250);
 /// Longest interval between presence lookups.
 pub const DEFAULT_DISCOVERY_MAX: Duration = Duration::from_secs(10);
-/// Most peers one room tracks at once; further peers are ignored until one leaves.
+/// Most peers one room tracks at once; further peers are ignored until one leaves. Each
+/// tracked peer has at most one live session (one peer connection), so this also bounds the
+/// sessions of a room.
 pub const DEFAULT_MAX_PEERS: usize = 64;
 /// Capacity of the room's event channel to the application.
 pub const EVENT_CHANNEL_CAPACITY: usize = 256;
@@ -61,7 +65,20 @@ pub struct RoomConfig {
     /// `false` leaves only the mailbox records: slower, for networks that filter gossipsub
     /// and for testing the DHT path alone. Default `true`.
     pub signal_on_topic: bool,
+    /// The room passphrase. `None` (the default) seals envelope bodies under a key derived
+    /// from the room name alone; with a passphrase the key also goes through argon2id
+    /// (see [`kadrtc_proto::RoomKey::derive_with_passphrase`]), and members with another
+    /// passphrase cannot read each other ([`RoomError::WrongPassphrase`]).
+    pub passphrase: Option<Passphrase>,
+    /// Admission: when set, only these peers are negotiated with; envelopes from anyone
+    /// else are ignored. `None` (the default) admits everyone who knows the room (and
+    /// passphrase).
+    pub allow: Option<HashSet<PeerId>>,
 }
+
+/// A room passphrase. `Debug` never prints it, and it is wiped from memory when dropped.
+#[derive(Clone, Zeroize, ZeroizeOnDrop)]
+pub struct Passphrase(String);
 
 /// How a peer was discovered.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -134,6 +151,15 @@ pub enum RoomError {
     /// The WebRTC stack refused a step.
     #[error("webrtc: {0}")]
     Rtc(#[source] RtcError),
+    /// The peer's envelopes do not open with this room's key: it uses another passphrase
+    /// (or none). The peer is ignored for a while.
+    #[error("cannot read this peer's signaling: wrong passphrase or different room")]
+    WrongPassphrase,
+    /// The channel opened, but the peer did not prove over it that it holds the key of the
+    /// peer named in the envelopes (see [`kadrtc_proto::ChannelBinding`]); the channel was
+    /// closed.
+    #[error("channel-binding check failed, channel closed: {0}")]
+    ChannelBinding(#[source] BindingError),
 }
 
 /// Why [`Room::send`] or [`Room::broadcast`] failed.
@@ -167,6 +193,7 @@ pub struct Room {
 struct RoomActor {
     node: Arc<NodeInner>,
     room: RoomId,
+    key: RoomKey,
     topic: String,
     local: PeerId,
     config: RoomConfig,
@@ -194,6 +221,9 @@ struct PeerEntry {
     newest_created_at: u64,
     /// Latest signed envelope for the remote's mailbox; a writer task puts it, in order.
     mailbox: watch::Sender<Option<Vec<u8>>>,
+    /// The open channel of the current session while its binding proof is awaited, with
+    /// the transcript the proof must cover.
+    binding: Option<(Channel, ChannelBinding)>,
 }
 
 #[derive(Clone, Copy)]
@@ -216,7 +246,41 @@ impl Default for RoomConfig {
             discovery_max: DEFAULT_DISCOVERY_MAX,
             max_peers: DEFAULT_MAX_PEERS,
             signal_on_topic: true,
+            passphrase: None,
+            allow: None,
         }
+    }
+}
+
+impl RoomConfig {
+    /// Sets the room passphrase (see [`RoomConfig::passphrase`]).
+    pub fn with_passphrase(mut self, passphrase: impl Into<String>) -> Self {
+        self.passphrase = Some(Passphrase::new(passphrase));
+        self
+    }
+
+    /// Restricts the room to `peers` (see [`RoomConfig::allow`]).
+    pub fn with_allow(mut self, peers: impl IntoIterator<Item = PeerId>) -> Self {
+        self.allow = Some(peers.into_iter().collect());
+        self
+    }
+}
+
+impl Passphrase {
+    /// Wraps a passphrase.
+    pub fn new(passphrase: impl Into<String>) -> Self {
+        Self(passphrase.into())
+    }
+
+    /// The passphrase text.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for Passphrase {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Passphrase(..)")
     }
 }
 
@@ -227,6 +291,7 @@ impl Room {
         config: RoomConfig,
     ) -> Result<Self, crate::JoinError> {
         let joined_at = Instant::now();
+        let key = room_key(&name, config.passphrase.as_ref()).await?;
         let room = name.id();
         let topic = room.topic();
         if !node
@@ -256,6 +321,7 @@ impl Room {
         let actor = RoomActor {
             node,
             room,
+            key,
             topic,
             local,
             discovery_interval: config.discovery_initial,
@@ -508,7 +574,7 @@ impl RoomActor {
             }
             Action::Publish { session, seq, body } => {
                 let envelope = self.envelope(Some(peer), session, seq, body);
-                match envelope.sign(&self.node.keypair) {
+                match envelope.sign(&self.node.keypair, &self.key) {
                     Ok(bytes) => {
                         if let Some(entry) = self.peers.get(&peer) {
                             entry.mailbox.send_replace(Some(bytes.clone()));
@@ -637,18 +703,16 @@ impl RoomActor {
             }
             RtcEvent::GatheringComplete => entry.negotiation.handle_end_of_candidates(session),
             RtcEvent::ChannelOpen(channel) if current => {
-                entry.negotiation.handle_connected(session);
-                entry.open = true;
-                entry.left_reported = false;
-                self.channels
-                    .write()
-                    .unwrap_or_else(PoisonError::into_inner)
-                    .insert(peer, channel);
-                let elapsed = self.joined_at.elapsed();
-                self.emit(RoomEvent::ChannelOpen { peer, elapsed }).await;
+                self.start_binding(peer, session, channel).await;
             }
-            RtcEvent::Message(data) => self.emit(RoomEvent::Message { peer, data }).await,
+            RtcEvent::Message(data) if current && entry.binding.is_some() => {
+                self.finish_binding(peer, session, &data).await;
+            }
+            RtcEvent::Message(data) if current && entry.open => {
+                self.emit(RoomEvent::Message { peer, data }).await;
+            }
             RtcEvent::ChannelClosed | RtcEvent::Failed(_) if current => {
+                entry.binding = None;
                 let was_open = std::mem::take(&mut entry.open);
                 entry.negotiation.handle_failed(session, Instant::now());
                 if was_open {
@@ -664,8 +728,99 @@ impl RoomActor {
         }
     }
 
+    /// The channel of `session` is open: sends this side's binding proof and waits for the
+    /// peer's (DESIGN.md, "Signaling flow", step 6). The channel is reported open only once
+    /// the peer's proof verifies, in [`RoomActor::finish_binding`].
+    async fn start_binding(&mut self, peer: PeerId, session: SessionId, channel: Channel) {
+        let Some(entry) = self.peers.get(&peer) else {
+            return;
+        };
+        let Some((_, pc)) = entry.connection.as_ref().filter(|(s, _)| *s == session) else {
+            return;
+        };
+        let fingerprints = async {
+            let local_sdp = pc.local_description().await?;
+            let remote = Fingerprint::of_certificate(&pc.remote_certificate().await?);
+            Ok::<_, RtcError>((Fingerprint::from_sdp(&local_sdp), remote))
+        };
+        let binding = match fingerprints.await {
+            Ok((Some(local), remote)) => match entry.negotiation.role() {
+                Role::Offerer => ChannelBinding::new(session, local, remote),
+                Role::Answerer => ChannelBinding::new(session, remote, local),
+            },
+            Ok((None, _)) => {
+                tracing::warn!(%peer, "local description has no sha-256 fingerprint");
+                self.fail_session(peer, session, None).await;
+                return;
+            }
+            Err(error) => {
+                tracing::warn!(%peer, %error, "DTLS certificates unavailable");
+                self.fail_session(peer, session, Some(RoomError::Rtc(error)))
+                    .await;
+                return;
+            }
+        };
+        let sent = match binding.prove(&self.node.keypair) {
+            Ok(proof) => channel.send(&proof).await.map_err(RoomError::Rtc),
+            Err(error) => Err(RoomError::ChannelBinding(error)),
+        };
+        if let Err(error) = sent {
+            tracing::warn!(%peer, %error, "channel-binding proof not sent");
+            self.fail_session(peer, session, Some(error)).await;
+            return;
+        }
+        if let Some(entry) = self.peers.get_mut(&peer) {
+            entry.binding = Some((channel, binding));
+        }
+    }
+
+    /// The first message on the channel of `session`: the peer's binding proof. Opens the
+    /// channel to the application when it verifies; closes it with an error event otherwise.
+    async fn finish_binding(&mut self, peer: PeerId, session: SessionId, proof: &[u8]) {
+        let Some(entry) = self.peers.get_mut(&peer) else {
+            return;
+        };
+        let Some((channel, binding)) = entry.binding.take() else {
+            return;
+        };
+        if let Err(error) = binding.verify(proof, &peer) {
+            tracing::warn!(%peer, %session, %error, "channel-binding check failed; closing the channel");
+            self.fail_session(peer, session, Some(RoomError::ChannelBinding(error)))
+                .await;
+            return;
+        }
+        entry.negotiation.handle_connected(session);
+        entry.open = true;
+        entry.left_reported = false;
+        self.channels
+            .write()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert(peer, channel);
+        let elapsed = self.joined_at.elapsed();
+        self.emit(RoomEvent::ChannelOpen { peer, elapsed }).await;
+    }
+
+    /// Ends the attempt of `session` (its connection is closed by the resulting
+    /// [`Action::Close`]) and reports `error`, if any.
+    async fn fail_session(&mut self, peer: PeerId, session: SessionId, error: Option<RoomError>) {
+        if let Some(entry) = self.peers.get_mut(&peer) {
+            entry.binding = None;
+            entry.negotiation.handle_failed(session, Instant::now());
+        }
+        if let Some(error) = error {
+            self.emit(RoomEvent::Error {
+                peer: Some(peer),
+                error,
+            })
+            .await;
+        }
+    }
+
     fn handle_topic_event(&mut self, event: TopicEvent) {
         match event {
+            TopicEvent::PeerSubscribed { peer } if !self.admitted(&peer) => {
+                tracing::trace!(%peer, "subscriber not admitted to the room");
+            }
             TopicEvent::PeerSubscribed { peer } if peer != self.local => {
                 // A (re)subscription is a (re)join.
                 self.departed.remove(&peer);
@@ -682,7 +837,7 @@ impl RoomActor {
                 }
             }
             TopicEvent::Message { envelope, .. } => {
-                // Decoded and verified by the DHT layer already.
+                // Decoded and verified by the DHT layer already; still sealed.
                 let Some(envelope) = self.addressed_to_us(*envelope) else {
                     return;
                 };
@@ -725,11 +880,10 @@ impl RoomActor {
                 }
             }
             Internal::Fetched { peer, values } => {
-                let mut envelopes: Vec<Envelope> = values
-                    .iter()
-                    .filter_map(|v| self.accept_envelope(v))
-                    .filter(|e| e.from == peer)
-                    .collect();
+                let mut envelopes: Vec<Envelope> = Vec::with_capacity(values.len());
+                for value in &values {
+                    envelopes.extend(self.accept_envelope(value).filter(|e| e.from == peer));
+                }
                 envelopes.sort_by_key(|e| (e.created_at, e.seq));
                 for envelope in envelopes {
                     self.apply_remote(&envelope);
@@ -740,7 +894,7 @@ impl RoomActor {
 
     /// Decodes and checks envelope bytes fetched from a mailbox record; `None` (with a log
     /// line) when they are invalid, then as [`RoomActor::addressed_to_us`].
-    fn accept_envelope(&self, data: &[u8]) -> Option<Envelope> {
+    fn accept_envelope(&mut self, data: &[u8]) -> Option<Envelope> {
         match Envelope::decode(data, unix_time_ms()) {
             Ok(envelope) => self.addressed_to_us(envelope),
             Err(error) => {
@@ -750,14 +904,19 @@ impl RoomActor {
         }
     }
 
-    /// The envelope, when it is for this room and for us or everyone; `None` (silently) when
-    /// it is our own or for another member, `None` with a log line for another room.
-    fn addressed_to_us(&self, envelope: Envelope) -> Option<Envelope> {
+    /// The envelope, opened, when it is from an admitted peer, for this room and for us or
+    /// everyone; `None` (silently) when it is our own, for another member or from a peer
+    /// not admitted, `None` with a log line for another room or a body that does not open.
+    fn addressed_to_us(&mut self, envelope: Envelope<Sealed>) -> Option<Envelope> {
         if envelope.from == self.local {
             return None;
         }
+        if !self.admitted(&envelope.from) {
+            tracing::trace!(from = %envelope.from, "envelope from a peer not admitted ignored");
+            return None;
+        }
         match envelope.check_addressed(&self.room, &self.local) {
-            Ok(()) => Some(envelope),
+            Ok(()) => self.open(envelope),
             Err(EnvelopeError::WrongRecipient) => None,
             Err(error) => {
                 tracing::warn!(from = %envelope.from, %error, "ignored envelope");
@@ -766,15 +925,66 @@ impl RoomActor {
         }
     }
 
+    /// Opens a sealed envelope with the room key. A peer whose envelopes do not open uses
+    /// another passphrase: it is reported once ([`RoomError::WrongPassphrase`]) and set aside
+    /// like a departed peer.
+    fn open(&mut self, envelope: Envelope<Sealed>) -> Option<Envelope> {
+        let from = envelope.from;
+        match envelope.open(&self.key) {
+            Ok(envelope) => Some(envelope),
+            Err(error @ EnvelopeError::Unseal { .. }) => {
+                let reported = self.departed.contains_key(&from) && !self.peers.contains_key(&from);
+                if !reported {
+                    tracing::warn!(%from, "ignored envelope: {error}");
+                    if let Some(entry) = self.peers.get_mut(&from) {
+                        // It never had a channel with this key: no departure to report.
+                        entry.left_reported = !entry.open;
+                    }
+                    self.remove_peer(from);
+                    self.outbox.push_back(RoomEvent::Error {
+                        peer: Some(from),
+                        error: RoomError::WrongPassphrase,
+                    });
+                }
+                None
+            }
+            Err(error) => {
+                tracing::warn!(%from, %error, "ignored envelope");
+                None
+            }
+        }
+    }
+
     fn apply_remote(&mut self, envelope: &Envelope) {
         if let Some(entry) = self.peers.get_mut(&envelope.from) {
             let disposition = entry.negotiation.handle_remote(envelope, Instant::now());
-            tracing::trace!(from = %envelope.from, seq = envelope.seq, ?disposition, "envelope");
+            match disposition {
+                Disposition::Stale => {
+                    tracing::debug!(from = %envelope.from, session = %envelope.session, seq = envelope.seq, "ignored stale envelope (older seq or another session)")
+                }
+                Disposition::OfferMismatch => {
+                    tracing::warn!(from = %envelope.from, session = %envelope.session, "ignored answer that does not echo our offer's hash")
+                }
+                _ => {
+                    tracing::trace!(from = %envelope.from, seq = envelope.seq, ?disposition, "envelope")
+                }
+            }
         }
+    }
+
+    fn admitted(&self, peer: &PeerId) -> bool {
+        self.config
+            .allow
+            .as_ref()
+            .is_none_or(|allow| allow.contains(peer))
     }
 
     fn discover(&mut self, peer: PeerId, via: Discovery) {
         if self.peers.contains_key(&peer) {
+            return;
+        }
+        if !self.admitted(&peer) {
+            tracing::trace!(%peer, "peer not admitted to the room");
             return;
         }
         if let Some(left) = self.departed.get(&peer) {
@@ -811,6 +1021,7 @@ impl RoomActor {
                 left_reported: false,
                 newest_created_at: 0,
                 mailbox,
+                binding: None,
             },
         );
         self.outbox
@@ -859,7 +1070,7 @@ impl RoomActor {
 
     fn announce_presence(&self) {
         let envelope = self.envelope(None, SessionId::from_bytes([0; 16]), 0, Body::Presence);
-        match envelope.sign(&self.node.keypair) {
+        match envelope.sign(&self.node.keypair, &self.key) {
             Ok(bytes) => self.publish_on_topic(bytes),
             Err(error) => tracing::warn!(%error, "presence not announced"),
         }
@@ -900,7 +1111,7 @@ impl RoomActor {
 
     async fn shutdown(&mut self) {
         let leave = self.envelope(None, SessionId::from_bytes([0; 16]), 0, Body::Leave);
-        if let Ok(bytes) = leave.sign(&self.node.keypair) {
+        if let Ok(bytes) = leave.sign(&self.node.keypair, &self.key) {
             let publish = self.node.dht.publish(self.topic.clone(), bytes);
             if let Ok(Err(error)) = tokio::time::timeout(LEAVE_TIMEOUT, publish).await {
                 tracing::debug!(%error, "leave announcement");
@@ -944,6 +1155,22 @@ async fn write_mailbox(
             }
         }
     }
+}
+
+/// The room's sealing key: from the name alone, or through argon2id with the passphrase (on a
+/// blocking thread: it takes a quarter of a second and 64 MiB).
+async fn room_key(
+    name: &RoomName,
+    passphrase: Option<&Passphrase>,
+) -> Result<RoomKey, crate::JoinError> {
+    let Some(passphrase) = passphrase else {
+        return Ok(RoomKey::derive(name));
+    };
+    let (name, passphrase) = (name.clone(), passphrase.clone());
+    tokio::task::spawn_blocking(move || RoomKey::derive_with_passphrase(&name, passphrase.as_str()))
+        .await
+        .unwrap_or_else(|join| Err(KeyError::Argon2(join.to_string())))
+        .map_err(crate::JoinError::Passphrase)
 }
 
 fn retry_text(retry_in: Option<Duration>) -> String {
