@@ -41,7 +41,8 @@ use webrtc::data_channel::{DataChannel, DataChannelEvent};
 use webrtc::peer_connection::{
     PeerConnectionBuilder, PeerConnectionEventHandler, RTCConfigurationBuilder,
     RTCIceCandidateInit, RTCIceConnectionState, RTCIceGatheringState, RTCIceServer,
-    RTCPeerConnectionIceEvent, RTCPeerConnectionState, RTCSessionDescription, SettingEngineBuilder,
+    RTCPeerConnectionIceEvent, RTCPeerConnectionState, RTCSdpType, RTCSessionDescription,
+    SettingEngineBuilder,
 };
 
 /// Label of the data channel kadrtc opens between two peers.
@@ -105,6 +106,14 @@ pub enum RtcError {
         /// Size of the rejected message.
         size: usize,
     },
+    /// A remote session description is not SDP that webrtc-rs parses (RFC 8866), alone or
+    /// with the remote's candidates added to it; holds webrtc-rs's reason.
+    #[error("invalid session description: {0}")]
+    InvalidDescription(String),
+    /// A remote ICE candidate is not an `a=candidate` value that webrtc-rs parses
+    /// (RFC 8839 §5.1); holds webrtc-rs's reason.
+    #[error("invalid ICE candidate: {0}")]
+    InvalidCandidate(String),
 }
 
 /// One WebRTC peer connection with kadrtc's data channel.
@@ -447,6 +456,65 @@ async fn pump_channel<T: Clone + Send + 'static>(
     let _ = events.send((tag, RtcEvent::ChannelClosed)).await;
 }
 
+/// Checks a remote session description and its candidates with webrtc-rs's own parsers, without
+/// a peer connection: the SDP (`v=0\r\n...`, RFC 8866) as [`PeerConnection::accept_offer`] and
+/// [`PeerConnection::apply_answer`] receive it, each candidate (`candidate:...` form,
+/// RFC 8839 §5.1) as [`PeerConnection::add_candidate`] receives it, and the SDP with the
+/// candidates added as those two methods hand it to webrtc-rs, every `a=candidate` line of
+/// every media section included.
+///
+/// Passing means the text parses, not that a negotiation with it succeeds: ICE credentials,
+/// the DTLS fingerprint and the offer/answer match are checked only when the description is
+/// set.
+///
+/// # Errors
+///
+/// [`RtcError::InvalidDescription`] when the SDP, alone or with the candidates, does not parse;
+/// [`RtcError::InvalidCandidate`] when a candidate, given or in the SDP, does not parse.
+pub fn check_remote_description(sdp: &str, candidates: &[String]) -> Result<(), RtcError> {
+    parse_description(sdp.to_string())?;
+    for candidate in candidates {
+        // As webrtc-rs's `add_ice_candidate`: the attribute name in front is optional, and an
+        // empty value is the end-of-candidates sentinel, not parsed.
+        let value = candidate.strip_prefix("candidate:").unwrap_or(candidate);
+        if !value.is_empty() {
+            parse_candidate(value)?;
+        }
+    }
+    for candidate in parse_description(with_candidates(sdp, candidates))? {
+        parse_candidate(&candidate)?;
+    }
+    Ok(())
+}
+
+/// Parses `sdp` with the parser webrtc-rs runs on a description it is given (the type, offer
+/// or answer, does not change the parse) and returns the values of the `a=candidate`
+/// attributes of all its media sections.
+fn parse_description(sdp: String) -> Result<Vec<String>, RtcError> {
+    // `RTCSessionDescription::offer` would parse twice (once to cache, once for us).
+    let mut description = RTCSessionDescription::default();
+    description.sdp_type = RTCSdpType::Offer;
+    description.sdp = sdp;
+    let parsed = description
+        .unmarshal()
+        .map_err(|e| RtcError::InvalidDescription(e.to_string()))?;
+    Ok(parsed
+        .media_descriptions
+        .iter()
+        .flat_map(|media| &media.attributes)
+        .filter(|attribute| attribute.is_ice_candidate())
+        .map(|attribute| attribute.value.clone().unwrap_or_default())
+        .collect())
+}
+
+/// Parses the value of an `a=candidate` attribute (the text after `candidate:`) as webrtc-rs
+/// does when it adds a remote candidate.
+fn parse_candidate(value: &str) -> Result<(), RtcError> {
+    rtc_ice::candidate::unmarshal_candidate(value)
+        .map(drop)
+        .map_err(|e| RtcError::InvalidCandidate(e.to_string()))
+}
+
 /// Adds `a=candidate` lines (RFC 8839 §5.1) for `candidates` at the end of the SDP's first
 /// media section, kadrtc's only one. A candidate holding a line break or not in
 /// `candidate:...` form is skipped, so it cannot inject other SDP lines.
@@ -516,5 +584,58 @@ mod tests {
             "candidate:1 1 udp 1 127.0.0.1 5000 typ host\r\na=fingerprint:sha-256 00".to_string();
         let not_a_candidate = "a=fingerprint:sha-256 00".to_string();
         assert_eq!(with_candidates(SDP, &[evil, not_a_candidate]), SDP);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn real_offer_and_its_candidates_pass_the_remote_check() {
+        let (tx, mut rx) = mpsc::channel(64);
+        let offerer = PeerConnection::new(&RtcConfig::loopback(), (), tx)
+            .await
+            .unwrap();
+        let offer = offerer.create_offer().await.unwrap();
+        let mut candidates = Vec::new();
+        tokio::time::timeout(std::time::Duration::from_secs(20), async {
+            loop {
+                match rx.recv().await.expect("events until gathering completes").1 {
+                    RtcEvent::LocalCandidate(candidate) => candidates.push(candidate),
+                    RtcEvent::GatheringComplete => break,
+                    _ => {}
+                }
+            }
+        })
+        .await
+        .expect("loopback gathering completes within the deadline");
+        assert!(!candidates.is_empty());
+        check_remote_description(&offer, &candidates).unwrap();
+        check_remote_description(SDP, &[]).unwrap();
+        offerer.close().await;
+    }
+
+    #[test]
+    fn garbage_descriptions_and_candidates_are_typed_errors() {
+        for sdp in ["", "hello", "v=0\r\nm=application\r\n", "\u{0}\u{ff}"] {
+            assert!(
+                matches!(
+                    check_remote_description(sdp, &[]),
+                    Err(RtcError::InvalidDescription(_))
+                ),
+                "{sdp:?}"
+            );
+        }
+        for candidate in [
+            "candidate:",
+            "candidate:1 1 udp",
+            "candidate:1 1 udp 2130706431 127.0.0.1 99999 typ host",
+            "candidate:1 1 udp 2130706431 127.0.0.1 5000 typ nonsense",
+            "candidate:1 1 udp 1 127.0.0.1 5000 typ srflx raddr 0.0.0.0",
+        ] {
+            assert!(
+                matches!(
+                    check_remote_description(SDP, &[candidate.to_string()]),
+                    Err(RtcError::InvalidCandidate(_))
+                ),
+                "{candidate:?}"
+            );
+        }
     }
 }

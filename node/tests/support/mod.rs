@@ -1,0 +1,387 @@
+//! Shared rig of the whole-process tests: `kadrtc` processes read through their `--json`
+//! stdout, small networks of them, and signed envelopes for attackers.
+
+#![allow(dead_code)] // each test binary uses its own part of the rig
+
+use std::io::{BufRead as _, BufReader, Write as _};
+use std::path::PathBuf;
+use std::process::{Child, ChildStdin, Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use kadrtc_dht::{DhtConfig, DhtHandle};
+use kadrtc_proto::{
+    Body, Envelope, Keypair, PeerId, RoomKey, RoomName, SessionId, Signal, ENVELOPE_VERSION,
+};
+use serde_json::Value;
+
+pub const DEADLINE: Duration = Duration::from_secs(60);
+
+/// One running `kadrtc` process.
+pub struct Proc {
+    name: String,
+    pub child: Child,
+    stdin: Option<ChildStdin>,
+    events: mpsc::Receiver<Value>,
+    /// Every event read so far, in order.
+    seen: Vec<Value>,
+    /// Events read but not yet matched by a wait.
+    backlog: Vec<Value>,
+    stderr: PathBuf,
+}
+
+impl Proc {
+    pub fn spawn(name: &str, args: &[&str]) -> Self {
+        Self::spawn_with_env(name, args, &[])
+    }
+
+    /// [`Proc::spawn`] with extra environment variables (`RUST_LOG` defaults to `warn`).
+    pub fn spawn_with_env(name: &str, args: &[&str], env: &[(&str, &str)]) -> Self {
+        let dir = std::env::temp_dir().join(format!("kadrtc-test-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let stderr = dir.join(format!("{name}.log"));
+        let mut child = Command::new(env!("CARGO_BIN_EXE_kadrtc"))
+            .args(args)
+            .env("RUST_LOG", "warn")
+            .envs(env.iter().copied())
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(std::fs::File::create(&stderr).unwrap())
+            .spawn()
+            .expect("kadrtc binary starts");
+        let stdout = child.stdout.take().unwrap();
+        let (tx, events) = mpsc::channel();
+        let label = name.to_string();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines() {
+                let Ok(line) = line else { return };
+                match serde_json::from_str::<Value>(&line) {
+                    Ok(value) => {
+                        if tx.send(value).is_err() {
+                            return;
+                        }
+                    }
+                    Err(_) => panic!("{label}: stdout line is not JSON: {line}"),
+                }
+            }
+        });
+        Self {
+            name: name.to_string(),
+            stdin: child.stdin.take(),
+            child,
+            events,
+            seen: Vec::new(),
+            backlog: Vec::new(),
+            stderr,
+        }
+    }
+
+    pub fn node(name: &str, bootstrap: Option<&str>) -> Self {
+        let mut args = vec!["node", "--listen", "/ip4/127.0.0.1/tcp/0", "--json"];
+        if let Some(b) = bootstrap {
+            args.extend(["--bootstrap", b]);
+        }
+        Self::spawn(name, &args)
+    }
+
+    pub fn join(name: &str, room: &str, bootstrap: &str) -> Self {
+        Self::join_with(name, room, bootstrap, &[], &[])
+    }
+
+    /// `kadrtc join` with extra arguments and environment variables.
+    pub fn join_with(
+        name: &str,
+        room: &str,
+        bootstrap: &str,
+        extra: &[&str],
+        env: &[(&str, &str)],
+    ) -> Self {
+        let mut args = vec![
+            "join",
+            room,
+            "--listen",
+            "/ip4/127.0.0.1/tcp/0",
+            "--bootstrap",
+            bootstrap,
+            "--json",
+        ];
+        args.extend_from_slice(extra);
+        Self::spawn_with_env(name, &args, env)
+    }
+
+    /// Every event read so far, including those still waiting in the backlog.
+    pub fn events_so_far(&mut self) -> &[Value] {
+        while let Ok(event) = self.events.try_recv() {
+            self.seen.push(event.clone());
+            self.backlog.push(event);
+        }
+        &self.seen
+    }
+
+    /// Peak resident memory of the process so far (`VmHWM`), in KiB.
+    pub fn peak_rss_kib(&self) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))
+            .unwrap_or_default();
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmHWM:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            .unwrap_or(0)
+    }
+
+    /// Waits until the process's stderr contains `needle`.
+    pub fn wait_log(&self, needle: &str) {
+        self.wait_log_count(needle, 1);
+    }
+
+    /// Waits until one line of the process's stderr contains every one of `needles`.
+    pub fn wait_log_line(&self, needles: &[&str]) {
+        let end = Instant::now() + DEADLINE;
+        while !self
+            .log()
+            .lines()
+            .any(|line| needles.iter().all(|n| line.contains(n)))
+        {
+            assert!(
+                Instant::now() < end,
+                "{}: no log line with all of {needles:?} within {DEADLINE:?}; stderr:\n{}",
+                self.name,
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Waits until the process's stderr contains `needle` at least `count` times.
+    pub fn wait_log_count(&self, needle: &str, count: usize) {
+        let end = Instant::now() + DEADLINE;
+        while self.log().matches(needle).count() < count {
+            assert!(
+                Instant::now() < end,
+                "{}: fewer than {count} log lines with {needle:?} within {DEADLINE:?}; stderr:\n{}",
+                self.name,
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Takes the first event not matched by an earlier wait that satisfies `pred`, waiting
+    /// for it if needed.
+    pub fn wait_for(&mut self, what: &str, pred: impl Fn(&Value) -> bool) -> Value {
+        if let Some(i) = self.backlog.iter().position(&pred) {
+            return self.backlog.remove(i);
+        }
+        let end = Instant::now() + DEADLINE;
+        loop {
+            let left = end.saturating_duration_since(Instant::now());
+            match self.events.recv_timeout(left) {
+                Ok(event) => {
+                    self.seen.push(event.clone());
+                    if pred(&event) {
+                        return event;
+                    }
+                    self.backlog.push(event);
+                }
+                Err(_) => panic!(
+                    "{}: no {what} within {DEADLINE:?}; saw {:?}; stderr:\n{}",
+                    self.name,
+                    self.seen,
+                    self.log()
+                ),
+            }
+        }
+    }
+
+    pub fn wait_event(&mut self, name: &str) -> Value {
+        self.wait_for(name, |e| e["event"] == name)
+    }
+
+    /// The ready event's peer id and first listen address.
+    pub fn ready(&mut self) -> (String, String) {
+        let ready = self.wait_event("ready");
+        let addr = ready["listen"][0].as_str().unwrap().to_string();
+        assert!(addr.ends_with(&format!("/p2p/{}", ready["peer_id"].as_str().unwrap())));
+        (ready["peer_id"].as_str().unwrap().to_string(), addr)
+    }
+
+    pub fn say(&mut self, line: &str) {
+        let stdin = self.stdin.as_mut().expect("stdin open");
+        writeln!(stdin, "{line}").unwrap();
+        stdin.flush().unwrap();
+    }
+
+    /// Closes stdin, waits for a clean exit and collects the remaining events.
+    pub fn finish(mut self) -> Vec<Value> {
+        drop(self.stdin.take());
+        let status = self.wait_exit("end of stdin");
+        assert!(
+            status.success(),
+            "{}: exit {status}; stderr:\n{}",
+            self.name,
+            self.log()
+        );
+        while let Ok(event) = self.events.recv_timeout(Duration::from_secs(1)) {
+            self.seen.push(event);
+        }
+        std::mem::take(&mut self.seen)
+    }
+
+    /// Waits (at most 20 s) for the process to exit after `cause`.
+    pub fn wait_exit(&mut self, cause: &str) -> std::process::ExitStatus {
+        let end = Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status;
+            }
+            assert!(
+                Instant::now() < end,
+                "{}: did not exit after {cause}",
+                self.name
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.stderr).unwrap_or_default()
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Starts `n` nodes, each bootstrapped from the first; returns them with their addresses.
+pub fn network(n: usize) -> (Vec<Proc>, Vec<String>) {
+    let mut first = Proc::node("node1", None);
+    let (_, first_addr) = first.ready();
+    let mut nodes = vec![first];
+    let mut addrs = vec![first_addr.clone()];
+    for i in 2..=n {
+        let mut node = Proc::node(&format!("node{i}"), Some(&first_addr));
+        addrs.push(node.ready().1);
+        nodes.push(node);
+    }
+    (nodes, addrs)
+}
+
+pub fn room_name(test: &str) -> String {
+    let nanos = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .subsec_nanos();
+    format!("{test}-{}-{nanos}", std::process::id())
+}
+
+pub fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64
+}
+
+/// A signed offer from `from` to `to` in `room`, and the mailbox key it belongs under.
+pub fn signed_offer(from: &Keypair, to: PeerId, room: &str) -> (Vec<u8>, Vec<u8>) {
+    let envelope = Envelope {
+        version: ENVELOPE_VERSION,
+        room_id: RoomName::new(room).unwrap().id(),
+        from: from.public().to_peer_id(),
+        to: Some(to),
+        session: SessionId::random(),
+        seq: 1,
+        created_at: now_ms(),
+        expires_at: now_ms() + 60_000,
+        body: Body::Offer(Signal {
+            sdp: "v=0\r\n".into(),
+            candidates: vec![],
+            end_of_candidates: true,
+            offer_hash: None,
+        }),
+    };
+    let key = envelope.room_id.mailbox_key(&envelope.from, &to);
+    let room_key = RoomKey::derive(&RoomName::new(room).unwrap());
+    (key, envelope.sign(from, &room_key).unwrap())
+}
+
+/// [`signed_offer`] with one bit of its signature (the last field) flipped.
+pub fn forged_offer(from: &Keypair, to: PeerId, room: &str) -> (Vec<u8>, Vec<u8>) {
+    let (key, mut bytes) = signed_offer(from, to, room);
+    let last = bytes.len() - 1;
+    bytes[last] ^= 1;
+    (key, bytes)
+}
+
+pub async fn client(bootstrap: &str, key: Keypair) -> DhtHandle {
+    DhtHandle::spawn(
+        DhtConfig::new(key)
+            .with_listen("/ip4/127.0.0.1/tcp/0".parse().unwrap())
+            .with_bootstrap(bootstrap.parse().unwrap()),
+    )
+    .await
+    .unwrap()
+}
+
+
+/// Puts `value` under `key` at the node `bootstrap` with a bare Kademlia client whose own
+/// store takes values of any size, as a non-kadrtc implementation could: kadrtc's own
+/// nodes refuse to even send an oversized record. Returns once the query finished.
+pub async fn raw_put_record(bootstrap: &str, key: Vec<u8>, value: Vec<u8>) {
+    use futures::StreamExt as _;
+    use libp2p::kad::{self, store::MemoryStore, store::MemoryStoreConfig};
+    use libp2p::multiaddr::Protocol;
+    use libp2p::swarm::SwarmEvent;
+
+    let addr: libp2p::Multiaddr = bootstrap.parse().unwrap();
+    let Some(Protocol::P2p(peer)) = addr.iter().last() else {
+        panic!("bootstrap address without /p2p/");
+    };
+    let mut swarm = libp2p::SwarmBuilder::with_new_identity()
+        .with_tokio()
+        .with_tcp(
+            libp2p::tcp::Config::default(),
+            libp2p::noise::Config::new,
+            libp2p::yamux::Config::default,
+        )
+        .unwrap()
+        .with_behaviour(|key| {
+            let local = key.public().to_peer_id();
+            let store = MemoryStore::with_config(
+                local,
+                MemoryStoreConfig {
+                    max_value_bytes: 1 << 20,
+                    ..Default::default()
+                },
+            );
+            let config = kad::Config::new(libp2p::StreamProtocol::new(kadrtc_dht::KAD_PROTOCOL));
+            let mut kad = kad::Behaviour::with_config(local, store, config);
+            kad.set_mode(Some(kad::Mode::Server));
+            kad
+        })
+        .unwrap()
+        .build();
+    swarm.behaviour_mut().add_address(&peer, addr);
+    swarm
+        .behaviour_mut()
+        .put_record(kad::Record::new(key, value), kad::Quorum::One)
+        .unwrap();
+    let end = tokio::time::Instant::now() + DEADLINE;
+    loop {
+        let event = tokio::time::timeout_at(end, swarm.select_next_some())
+            .await
+            .expect("the put finishes within the deadline");
+        if let SwarmEvent::Behaviour(kad::Event::OutboundQueryProgressed {
+            result: kad::QueryResult::PutRecord(_),
+            step,
+            ..
+        }) = event
+        {
+            if step.last {
+                return;
+            }
+        }
+    }
+}
