@@ -8,12 +8,15 @@
 
 mod support;
 
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use futures::StreamExt as _;
 use kadrtc_dht::{DhtHandle, TopicEvent};
 use kadrtc_proto::{
-    is_offerer, offer_hash, Body, ChannelBinding, Envelope, Fingerprint, Keypair, PeerId,
-    RoomKey, RoomName, Sealed, SessionId, Signal, ENVELOPE_VERSION, MAX_ENVELOPE_SIZE,
+    is_offerer, offer_hash, Body, ChannelBinding, Envelope, Fingerprint, Keypair, PeerId, RoomKey,
+    RoomName, Sealed, SessionId, Signal, ENVELOPE_VERSION, MAX_ENVELOPE_SIZE,
 };
 use kadrtc_rtc::{PeerConnection, RtcConfig, RtcEvent};
 use serde_json::Value;
@@ -137,15 +140,20 @@ fn bad_envelopes(room: &RoomKeys, attacker: &Keypair, victim: PeerId) -> Vec<Bad
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn forged_wrong_room_expired_and_oversized_envelopes_are_refused_by_storing_node_and_receiver()
-{
+async fn forged_wrong_room_expired_and_oversized_envelopes_are_refused_by_storing_node_and_receiver(
+) {
     const TTL: Duration = Duration::from_secs(60);
     let mut node = Proc::node("storer", None);
     let (_, node_addr) = node.ready();
     let room_text = room_name("bad");
     let room = RoomKeys::new(&room_text);
-    let mut victim =
-        Proc::join_with("victim", &room_text, &node_addr, &[], &[("RUST_LOG", ATTACK_LOG)]);
+    let mut victim = Proc::join_with(
+        "victim",
+        &room_text,
+        &node_addr,
+        &[],
+        &[("RUST_LOG", ATTACK_LOG)],
+    );
     let victim_peer: PeerId = victim.ready().0.parse().unwrap();
 
     // One attacker identity (and libp2p node) per kind, so that peer scoring of the first
@@ -184,14 +192,21 @@ async fn forged_wrong_room_expired_and_oversized_envelopes_are_refused_by_storin
         };
         node.wait_log(text);
         victim.wait_log(bad.error_text);
-        println!("{}: refused by the storing node and by the receiver", bad.what);
+        println!(
+            "{}: refused by the storing node and by the receiver",
+            bad.what
+        );
     }
     // Every one of them with a "rejected" line naming the typed error: records at the storing
     // node, topic messages at the victim; and the victim's room refused the copies that the
     // attackers' own stores served to its mailbox lookups (the oversized one no store kept).
     node.wait_log_count("rejected record", attackers.len());
     victim.wait_log_count("rejected topic message", attackers.len());
-    for text in ["does not verify", "envelope is for another room", "expired at"] {
+    for text in [
+        "does not verify",
+        "envelope is for another room",
+        "expired at",
+    ] {
         victim.wait_log_line(&["kadrtc::room", "ignored", text]);
     }
     drop(attackers);
@@ -265,25 +280,14 @@ async fn replayed_answer_from_an_earlier_session_is_ignored_and_cannot_roll_back
     } else {
         (&b_args, &a_args)
     };
-    let mut offerer_proc = Proc::join_with(
-        "offerer2",
-        &room_text,
-        &node_addr,
-        offerer_args,
-        &env,
-    );
+    let mut offerer_proc = Proc::join_with("offerer2", &room_text, &node_addr, offerer_args, &env);
     offerer_proc.ready();
     offerer_proc.wait_log("ignored stale envelope");
     println!("offerer ignored the answer of the earlier session {old_session}");
 
     // The answerer comes back: the pair connects in a new session.
-    let mut answerer_proc = Proc::join_with(
-        "answerer2",
-        &room_text,
-        &node_addr,
-        answerer_args,
-        &env,
-    );
+    let mut answerer_proc =
+        Proc::join_with("answerer2", &room_text, &node_addr, answerer_args, &env);
     answerer_proc.ready();
     offerer_proc.wait_for("channel in the new session", |e| {
         e["event"] == "channel_open" && e["peer_id"] == answerer.to_string().as_str()
@@ -335,12 +339,16 @@ async fn flood_of_offers_from_a_thousand_fresh_identities_does_not_stop_an_hones
     let (nodes, addrs) = network(3);
     let first_addr = addrs[0].clone();
     let room_text = room_name("flood");
-    let room = std::sync::Arc::new(RoomKeys::new(&room_text));
+    let room = Arc::new(RoomKeys::new(&room_text));
 
     // The hostile peer: a few libp2p nodes carrying presence and offers signed by 1,000
     // fresh identities, on the topic and in mailbox records, for as long as the test runs.
     let fakes: Vec<Keypair> = (0..IDENTITIES)
         .map(|_| Keypair::generate_ed25519())
+        .collect();
+    let fake_ids: std::collections::HashSet<String> = fakes
+        .iter()
+        .map(|k| k.public().to_peer_id().to_string())
         .collect();
     let mut attackers = Vec::new();
     for _ in 0..ATTACKER_NODES {
@@ -348,33 +356,59 @@ async fn flood_of_offers_from_a_thousand_fresh_identities_does_not_stop_an_hones
         let _ = dht.subscribe(room.name.id().topic()).await.unwrap();
         attackers.push(dht);
     }
-    let (victims_tx, victims_rx) = tokio::sync::watch::channel(Vec::<PeerId>::new());
+    let (victims_tx, mut victims_rx) = tokio::sync::watch::channel(Vec::<PeerId>::new());
+    let published = Arc::new(AtomicUsize::new(0));
+    let stored = Arc::new(AtomicUsize::new(0));
     let flood_room = room.clone();
+    let (flood_published, flood_stored) = (published.clone(), stored.clone());
     let flood = tokio::spawn(async move {
-        let mut sent = 0usize;
-        loop {
-            let victims = victims_rx.borrow().clone();
-            for (i, fake) in fakes.iter().enumerate() {
-                let dht = &attackers[i % attackers.len()];
-                let topic = flood_room.name.id().topic();
-                let presence = flood_room.envelope(fake, None, Body::Presence);
-                let _ = dht
-                    .publish(topic.clone(), flood_room.sign(&presence, fake))
-                    .await;
-                for victim in &victims {
-                    let offer = flood_room.envelope(fake, Some(*victim), offer_signal("v=0\r\n"));
-                    let bytes = flood_room.sign(&offer, fake);
-                    let _ = dht.publish(topic.clone(), bytes.clone()).await;
-                    let put = dht.put_record(flood_room.mailbox(fake, *victim), bytes, TTL);
-                    let _ = tokio::time::timeout(Duration::from_millis(200), put).await;
-                    sent += 1;
+        let topic = flood_room.name.id().topic();
+        let published = &flood_published;
+        // Presence of every fake identity, then offers to each honest peer once it is known:
+        // on the topic (fast), then into the mailbox records (slower: one Kademlia put each).
+        futures::stream::iter(fakes.iter().enumerate())
+            .for_each_concurrent(64, |(i, fake)| {
+                let (dht, topic) = (&attackers[i % ATTACKER_NODES], topic.clone());
+                let bytes = flood_room.sign(&flood_room.envelope(fake, None, Body::Presence), fake);
+                async move {
+                    let _ = dht.publish(topic, bytes).await;
+                    published.fetch_add(1, Ordering::Relaxed);
                 }
-                sent += 1;
-            }
-            if victims.len() == 2 {
-                return sent;
-            }
-        }
+            })
+            .await;
+        let victims = victims_rx.wait_for(|v| v.len() == 2).await.unwrap().clone();
+        let offers: Vec<(usize, Vec<u8>, Vec<u8>)> = fakes
+            .iter()
+            .enumerate()
+            .flat_map(|(i, fake)| victims.iter().map(move |victim| (i, fake, *victim)))
+            .map(|(i, fake, victim)| {
+                let offer = flood_room.envelope(fake, Some(victim), offer_signal("v=0\r\n"));
+                (
+                    i,
+                    flood_room.mailbox(fake, victim),
+                    flood_room.sign(&offer, fake),
+                )
+            })
+            .collect();
+        futures::stream::iter(&offers)
+            .for_each_concurrent(64, |(i, _, bytes)| {
+                let (dht, topic) = (&attackers[i % ATTACKER_NODES], topic.clone());
+                async move {
+                    let _ = dht.publish(topic, bytes.clone()).await;
+                    published.fetch_add(1, Ordering::Relaxed);
+                }
+            })
+            .await;
+        futures::stream::iter(offers)
+            .for_each_concurrent(64, |(i, mailbox, bytes)| {
+                let dht = &attackers[i % ATTACKER_NODES];
+                let stored = &flood_stored;
+                async move {
+                    let _ = dht.put_record(mailbox, bytes, TTL).await;
+                    stored.fetch_add(1, Ordering::Relaxed);
+                }
+            })
+            .await;
     });
 
     // The honest pair joins while the flood runs.
@@ -391,33 +425,45 @@ async fn flood_of_offers_from_a_thousand_fresh_identities_does_not_stop_an_hones
         e["event"] == "channel_open" && e["peer_id"] == a_peer.to_string().as_str()
     });
     let connected_after = started.elapsed();
-    let sent = tokio::time::timeout(Duration::from_secs(120), flood)
-        .await
-        .expect("the flood finishes its round")
-        .unwrap();
+    let (published_then, stored_then) = (
+        published.load(Ordering::Relaxed),
+        stored.load(Ordering::Relaxed),
+    );
+    // Every topic envelope of the flood has gone out (the mailbox puts may still run).
+    let end = Instant::now() + DEADLINE;
+    while published.load(Ordering::Relaxed) < 3 * IDENTITIES {
+        assert!(Instant::now() < end, "the flood never finished publishing");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    flood.abort();
 
-    // Nothing from the fake identities reached the joiners as a peer.
+    // None of the fake identities became a peer of the joiners (the attacker's own nodes,
+    // which subscribed to the topic under their real identities, may).
     for joiner in [&mut a, &mut b] {
         let events: Vec<Value> = joiner.events_so_far().to_vec();
-        let strangers: Vec<&Value> = events
+        let fakes_seen: Vec<&Value> = events
             .iter()
-            .filter(|e| e["event"] == "peer_discovered" || e["event"] == "channel_open")
-            .filter(|e| e["peer_id"] != a_peer.to_string().as_str())
-            .filter(|e| e["peer_id"] != b_peer.to_string().as_str())
+            .filter(|e| {
+                e["peer_id"]
+                    .as_str()
+                    .is_some_and(|id| fake_ids.contains(id))
+            })
             .collect();
         assert!(
-            strangers.is_empty(),
-            "fake identities became peers: {strangers:?}"
+            fakes_seen.is_empty(),
+            "fake identities became peers: {fakes_seen:?}"
         );
     }
     let node_peak = nodes.iter().map(Proc::peak_rss_kib).max().unwrap();
     let joiner_peak = a.peak_rss_kib().max(b.peak_rss_kib());
     println!(
-        "flood: {sent} envelopes from {IDENTITIES} identities through {ATTACKER_NODES} nodes; \
-         honest pair connected in {} ms (a reports {} ms after joining); \
-         peak RSS: nodes {} MiB, joiners {} MiB",
+        "flood: {IDENTITIES} identities through {ATTACKER_NODES} attacker nodes; when the \
+         honest pair connected, {published_then} topic envelopes and {stored_then} mailbox \
+         puts had been sent; honest pair connected in {} ms (a reports {} ms after joining); \
+         {} mailbox puts by the end; peak RSS: nodes {} MiB, joiners {} MiB",
         connected_after.as_millis(),
         open_a["elapsed_ms"],
+        stored.load(Ordering::Relaxed),
         node_peak / 1024,
         joiner_peak / 1024
     );
@@ -448,9 +494,7 @@ async fn open_channel_and_present(
     let sdp = pc.create_offer().await.unwrap();
     let mut candidates = Vec::new();
     let end = Instant::now() + DEADLINE;
-    while let Ok(Some(((), event))) =
-        tokio::time::timeout_at(end.into(), rx.recv()).await
-    {
+    while let Ok(Some(((), event))) = tokio::time::timeout_at(end.into(), rx.recv()).await {
         match event {
             RtcEvent::LocalCandidate(candidate) => candidates.push(candidate),
             RtcEvent::GatheringComplete => break,
@@ -473,7 +517,11 @@ async fn open_channel_and_present(
     };
     let bytes = room.sign(&offer, mallory);
     let _ = dht
-        .put_record(room.mailbox(mallory, victim), bytes.clone(), Duration::from_secs(60))
+        .put_record(
+            room.mailbox(mallory, victim),
+            bytes.clone(),
+            Duration::from_secs(60),
+        )
         .await;
     let _ = dht.publish(topic, bytes).await;
 
@@ -510,7 +558,9 @@ async fn open_channel_and_present(
         Some(offer_hash(&sdp)),
         "the victim's answer echoes the hash of Mallory's offer"
     );
-    pc.apply_answer(answer.sdp, &answer.candidates).await.unwrap();
+    pc.apply_answer(answer.sdp, &answer.candidates)
+        .await
+        .unwrap();
 
     // Present the proof once the channel is open; then the victim must close it.
     let mut proof = Some(proof_for(session));
@@ -560,38 +610,47 @@ async fn stolen_identity_proof_fails_the_channel_binding_check_and_the_channel_i
     let (_, node_addr) = node.ready();
     let room_text = room_name("binding");
     let room = RoomKeys::new(&room_text);
-    let mut victim =
-        Proc::join_with("victim", &room_text, &node_addr, &[], &[("RUST_LOG", ATTACK_LOG)]);
+    let mut victim = Proc::join_with(
+        "victim",
+        &room_text,
+        &node_addr,
+        &[],
+        &[("RUST_LOG", ATTACK_LOG)],
+    );
     let victim_peer: PeerId = victim.ready().0.parse().unwrap();
     let alice = Keypair::generate_ed25519();
 
     // Mallory knows the room, negotiates under its own identity, and then presents over the
     // channel a proof of Alice's (another identity) instead of its own; a second Mallory
     // presents a proof of its own key captured from another channel.
-    let cases: [(&str, Box<dyn Fn(&Keypair) -> Vec<u8>>, &str); 2] = [
+    // `Some(key)`: the proof is made with that (stolen) key; `None`: with Mallory's own.
+    let cases = [
         (
             "a proof of another identity",
-            Box::new(|_| captured_proof(&alice)),
+            Some(&alice),
             "channel-binding proof is from",
         ),
         (
             "its own proof from another channel",
-            Box::new(captured_proof),
+            None,
             "does not cover this session and DTLS certificates",
         ),
     ];
-    for (what, proof, expected) in cases {
+    for (what, stolen_key, expected) in cases {
         let mallory = offering_identity(&victim_peer);
         let mallory_id = mallory.public().to_peer_id().to_string();
         let dht = client(&node_addr, mallory.clone()).await;
         reach_topic(&dht, &room, &mallory, victim_peer).await;
         let started = Instant::now();
-        let closed =
-            open_channel_and_present(&dht, &room, &mallory, victim_peer, |_| proof(&mallory))
-                .await;
+        let closed = open_channel_and_present(&dht, &room, &mallory, victim_peer, |_| {
+            captured_proof(stolen_key.unwrap_or(&mallory))
+        })
+        .await;
         assert!(closed, "{what}: the victim closed the channel");
         let error = victim.wait_for("channel-binding error", |e| {
-            e["event"] == "error" && e["kind"] == "channel_binding" && e["peer_id"] == mallory_id.as_str()
+            e["event"] == "error"
+                && e["kind"] == "channel_binding"
+                && e["peer_id"] == mallory_id.as_str()
         });
         assert!(
             error["message"].as_str().unwrap().contains(expected),
@@ -664,7 +723,9 @@ fn wrong_passphrase_gives_no_channel_a_clear_message_and_no_secret_in_logs() {
     let (b_id, _) = b.ready();
     for (me, other) in [(&mut a, &b_id), (&mut b, &a_id)] {
         let error = me.wait_for("wrong-passphrase error", |e| {
-            e["event"] == "error" && e["kind"] == "wrong_passphrase" && e["peer_id"] == other.as_str()
+            e["event"] == "error"
+                && e["kind"] == "wrong_passphrase"
+                && e["peer_id"] == other.as_str()
         });
         assert!(error["message"]
             .as_str()
@@ -695,14 +756,20 @@ fn wrong_passphrase_gives_no_channel_a_clear_message_and_no_secret_in_logs() {
     let secrets = [
         right.to_string(),
         wrong.to_string(),
-        hex(RoomKey::derive_with_passphrase(&name, right).unwrap().as_bytes()),
-        hex(RoomKey::derive_with_passphrase(&name, wrong).unwrap().as_bytes()),
+        hex(RoomKey::derive_with_passphrase(&name, right)
+            .unwrap()
+            .as_bytes()),
+        hex(RoomKey::derive_with_passphrase(&name, wrong)
+            .unwrap()
+            .as_bytes()),
     ];
     let mut outputs = Vec::new();
     for (who, proc) in [("a", a), ("b", b), ("c", c)] {
         let log = proc.log();
         let events = proc.finish();
-        let with_b = |e: &Value| e["event"] == "channel_open" && (who == "b" || e["peer_id"] == b_id.as_str());
+        let with_b = |e: &Value| {
+            e["event"] == "channel_open" && (who == "b" || e["peer_id"] == b_id.as_str())
+        };
         assert!(
             !events.iter().any(with_b),
             "{who}: no channel with the wrong passphrase: {events:?}"

@@ -325,7 +325,6 @@ pub async fn client(bootstrap: &str, key: Keypair) -> DhtHandle {
     .unwrap()
 }
 
-
 /// Puts `value` under `key` at the node `bootstrap` with a bare Kademlia client whose own
 /// store takes values of any size, as a non-kadrtc implementation could: kadrtc's own
 /// nodes refuse to even send an oversized record. Returns once the query finished.
