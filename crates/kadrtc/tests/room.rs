@@ -121,3 +121,48 @@ async fn a_room_is_joined_once_at_a_time_and_can_be_joined_again_after_leaving()
     let again = lone.join("once").await.expect("joinable after leaving");
     again.leave().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn members_with_the_same_passphrase_connect_and_another_passphrase_is_reported() {
+    let first = node(None).await;
+    let a = node(Some(&first)).await;
+    let b = node(Some(&first)).await;
+    let c = node(Some(&first)).await;
+    let with = |passphrase: &str| RoomConfig::default().with_passphrase(passphrase);
+    let mut room_a = a.join_with("secret", with("open sesame")).await.unwrap();
+    let mut room_b = b.join_with("secret", with("open sesame")).await.unwrap();
+    let mut room_c = c.join_with("secret", with("something else")).await.unwrap();
+
+    let (open_a, open_b) = timeout(Duration::from_secs(30), async {
+        tokio::join!(wait_open(&mut room_a), wait_open(&mut room_b))
+    })
+    .await
+    .expect("members with the same passphrase connect");
+    assert_eq!((open_a, open_b), (b.peer_id(), a.peer_id()));
+
+    let unreadable = timeout(Duration::from_secs(30), async {
+        loop {
+            match room_c.next_event().await.expect("room is open") {
+                RoomEvent::Error {
+                    peer: Some(peer),
+                    error: kadrtc::RoomError::WrongPassphrase,
+                } => return peer,
+                RoomEvent::ChannelOpen { peer, .. } => panic!("channel to {peer} opened"),
+                _ => continue,
+            }
+        }
+    })
+    .await
+    .expect("the other passphrase is reported");
+    assert!(unreadable == a.peer_id() || unreadable == b.peer_id());
+}
+
+#[tokio::test]
+async fn empty_passphrase_is_refused_at_join() {
+    let lone = node(None).await;
+    assert!(matches!(
+        lone.join_with("room", RoomConfig::default().with_passphrase(""))
+            .await,
+        Err(kadrtc::JoinError::Passphrase(_))
+    ));
+}
