@@ -92,6 +92,40 @@ async fn reach_topic(dht: &DhtHandle, room: &RoomKeys, from: &Keypair, target: P
     }
 }
 
+/// A storing node and a victim that joined a fresh room, logging kadrtc's debug lines.
+struct Arena {
+    node: Proc,
+    node_addr: String,
+    room_text: String,
+    room: RoomKeys,
+    victim: Proc,
+    victim_peer: PeerId,
+}
+
+impl Arena {
+    fn new(test: &str) -> Self {
+        let mut node = Proc::node("storer", None);
+        let (_, node_addr) = node.ready();
+        let room_text = room_name(test);
+        let mut victim = Proc::join_with(
+            "victim",
+            &room_text,
+            &node_addr,
+            &[],
+            &[("RUST_LOG", ATTACK_LOG)],
+        );
+        let victim_peer = victim.ready().0.parse().unwrap();
+        Self {
+            node,
+            node_addr,
+            room: RoomKeys::new(&room_text),
+            room_text,
+            victim,
+            victim_peer,
+        }
+    }
+}
+
 /// One kind of bad envelope: its bytes, and the typed error's text that storing nodes and
 /// receivers must log.
 struct BadEnvelope {
@@ -143,18 +177,14 @@ fn bad_envelopes(room: &RoomKeys, attacker: &Keypair, victim: PeerId) -> Vec<Bad
 async fn forged_wrong_room_expired_and_oversized_envelopes_are_refused_by_storing_node_and_receiver(
 ) {
     const TTL: Duration = Duration::from_secs(60);
-    let mut node = Proc::node("storer", None);
-    let (_, node_addr) = node.ready();
-    let room_text = room_name("bad");
-    let room = RoomKeys::new(&room_text);
-    let mut victim = Proc::join_with(
-        "victim",
-        &room_text,
-        &node_addr,
-        &[],
-        &[("RUST_LOG", ATTACK_LOG)],
-    );
-    let victim_peer: PeerId = victim.ready().0.parse().unwrap();
+    let Arena {
+        node,
+        node_addr,
+        room_text,
+        room,
+        mut victim,
+        victim_peer,
+    } = Arena::new("bad");
 
     // One attacker identity (and libp2p node) per kind, so that peer scoring of the first
     // rejections does not hide the later ones.
@@ -606,18 +636,14 @@ fn captured_proof(key: &Keypair) -> Vec<u8> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn stolen_identity_proof_fails_the_channel_binding_check_and_the_channel_is_closed() {
-    let mut node = Proc::node("storer", None);
-    let (_, node_addr) = node.ready();
-    let room_text = room_name("binding");
-    let room = RoomKeys::new(&room_text);
-    let mut victim = Proc::join_with(
-        "victim",
-        &room_text,
-        &node_addr,
-        &[],
-        &[("RUST_LOG", ATTACK_LOG)],
-    );
-    let victim_peer: PeerId = victim.ready().0.parse().unwrap();
+    let Arena {
+        node: _node,
+        node_addr,
+        room_text,
+        room,
+        mut victim,
+        victim_peer,
+    } = Arena::new("binding");
     let alice = Keypair::generate_ed25519();
 
     // Mallory knows the room, negotiates under its own identity, and then presents over the

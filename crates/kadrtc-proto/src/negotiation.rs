@@ -571,6 +571,18 @@ mod tests {
         }
     }
 
+    /// The offerer `a`'s negotiation with `b` once its offer SDP ("offer") is set, with its
+    /// actions so far drained, and the session of that offer.
+    fn offering(a: PeerId, b: PeerId, now: Instant) -> (Negotiation, SessionId) {
+        let mut offerer = Negotiation::new(&a, b, NegotiationConfig::default(), now);
+        let Some(Action::StartOffer { session }) = offerer.poll_action() else {
+            panic!("offerer must start");
+        };
+        offerer.handle_local_description(session, "offer".into(), now);
+        drain(&mut offerer);
+        (offerer, session)
+    }
+
     fn drain(n: &mut Negotiation) -> Vec<Action> {
         std::iter::from_fn(|| n.poll_action()).collect()
     }
@@ -715,12 +727,7 @@ mod tests {
     fn candidates_before_the_remote_description_are_buffered_not_dropped() {
         let (a, b) = ordered_pair();
         let now = Instant::now();
-        let mut offerer = Negotiation::new(&a, b, NegotiationConfig::default(), now);
-        let Some(Action::StartOffer { session }) = offerer.poll_action() else {
-            panic!("offerer must start");
-        };
-        offerer.handle_local_description(session, "offer".into(), now);
-        drain(&mut offerer);
+        let (mut offerer, session) = offering(a, b, now);
         // The answer arrives in two envelopes with growing candidate lists before the offerer
         // has applied the answer.
         let mut answer = envelope(
@@ -768,11 +775,7 @@ mod tests {
     fn stale_seq_and_other_sessions_are_ignored() {
         let (a, b) = ordered_pair();
         let now = Instant::now();
-        let mut offerer = Negotiation::new(&a, b, NegotiationConfig::default(), now);
-        let Some(Action::StartOffer { session }) = offerer.poll_action() else {
-            panic!("offerer must start");
-        };
-        offerer.handle_local_description(session, "offer".into(), now);
+        let (mut offerer, session) = offering(a, b, now);
         let mut answer = envelope(
             (b, a),
             session,
@@ -796,12 +799,7 @@ mod tests {
     fn answer_to_another_offer_is_refused() {
         let (a, b) = ordered_pair();
         let now = Instant::now();
-        let mut offerer = Negotiation::new(&a, b, NegotiationConfig::default(), now);
-        let Some(Action::StartOffer { session }) = offerer.poll_action() else {
-            panic!("offerer must start");
-        };
-        offerer.handle_local_description(session, "offer".into(), now);
-        drain(&mut offerer);
+        let (mut offerer, session) = offering(a, b, now);
         for offer_hash in [None, Some(offer_hash("an earlier offer"))] {
             let answer = envelope(
                 (b, a),

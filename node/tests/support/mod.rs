@@ -136,29 +136,25 @@ impl Proc {
 
     /// Waits until one line of the process's stderr contains every one of `needles`.
     pub fn wait_log_line(&self, needles: &[&str]) {
-        let end = Instant::now() + DEADLINE;
-        while !self
-            .log()
-            .lines()
-            .any(|line| needles.iter().all(|n| line.contains(n)))
-        {
-            assert!(
-                Instant::now() < end,
-                "{}: no log line with all of {needles:?} within {DEADLINE:?}; stderr:\n{}",
-                self.name,
-                self.log()
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
+        self.wait_log_until(&format!("a log line with all of {needles:?}"), |log| {
+            log.lines()
+                .any(|line| needles.iter().all(|n| line.contains(n)))
+        });
     }
 
     /// Waits until the process's stderr contains `needle` at least `count` times.
     pub fn wait_log_count(&self, needle: &str, count: usize) {
+        self.wait_log_until(&format!("{count} log lines with {needle:?}"), |log| {
+            log.matches(needle).count() >= count
+        });
+    }
+
+    fn wait_log_until(&self, what: &str, done: impl Fn(&str) -> bool) {
         let end = Instant::now() + DEADLINE;
-        while self.log().matches(needle).count() < count {
+        while !done(&self.log()) {
             assert!(
                 Instant::now() < end,
-                "{}: fewer than {count} log lines with {needle:?} within {DEADLINE:?}; stderr:\n{}",
+                "{}: no {what} within {DEADLINE:?}; stderr:\n{}",
                 self.name,
                 self.log()
             );
