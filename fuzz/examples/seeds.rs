@@ -1,8 +1,8 @@
-//! Writes the corpus seeds: real signed envelopes and a channel-binding proof into
-//! `<dir>/envelope/`, real SDP offers and answers with their candidates into `<dir>/sdp/`.
+//! Writes the corpus seeds, named `seed-*`: real signed envelopes and a channel-binding proof
+//! into `<dir>/envelope/`, real SDP offers and answers with their candidates into `<dir>/sdp/`.
 //! The SDPs come from two webrtc-rs peer connections on 127.0.0.1.
 //!
-//! `cargo run --manifest-path fuzz/Cargo.toml --example seeds -- fuzz/corpus` (see README.md).
+//! `cargo run --manifest-path fuzz/Cargo.toml --example seeds -- /tmp/seeds` (see README.md).
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -69,84 +69,94 @@ async fn main() -> Result<(), Error> {
     };
     let key = room_key();
     let other_key = RoomKey::from_bytes([8; 32]);
-    let valid = (NOW - 1_000, NOW + 5 * 60_000);
-    let expired = (NOW - 120_000, NOW - 60_000);
-    let seeds: [(&str, &Keypair, Option<PeerId>, Body, (u64, u64), &RoomKey); 7] = [
-        (
-            "offer",
-            &ALICE,
-            Some(bob),
-            Body::Offer(offer_signal),
-            valid,
-            &key,
-        ),
-        (
-            "offer-first",
-            &ALICE,
-            Some(bob),
-            Body::Offer(first_offer),
-            valid,
-            &key,
-        ),
-        (
-            "answer",
-            &BOB,
-            Some(alice),
-            Body::Answer(answer_signal),
-            valid,
-            &key,
-        ),
-        ("presence", &ALICE, None, Body::Presence, valid, &key),
-        ("leave", &BOB, None, Body::Leave, valid, &key),
-        (
-            "presence-expired",
-            &BOB,
-            None,
-            Body::Presence,
-            expired,
-            &key,
-        ),
-        (
-            "presence-other-key",
-            &BOB,
-            None,
-            Body::Presence,
-            valid,
-            &other_key,
-        ),
+    let seeds = [
+        EnvelopeSeed {
+            name: "offer",
+            signer: &ALICE,
+            envelope: envelope(&ALICE, Some(bob), Body::Offer(offer_signal)),
+            seal_key: &key,
+        },
+        EnvelopeSeed {
+            name: "offer-first",
+            signer: &ALICE,
+            envelope: envelope(&ALICE, Some(bob), Body::Offer(first_offer)),
+            seal_key: &key,
+        },
+        EnvelopeSeed {
+            name: "answer",
+            signer: &BOB,
+            envelope: envelope(&BOB, Some(alice), Body::Answer(answer_signal)),
+            seal_key: &key,
+        },
+        EnvelopeSeed {
+            name: "presence",
+            signer: &ALICE,
+            envelope: envelope(&ALICE, None, Body::Presence),
+            seal_key: &key,
+        },
+        EnvelopeSeed {
+            name: "leave",
+            signer: &BOB,
+            envelope: envelope(&BOB, None, Body::Leave),
+            seal_key: &key,
+        },
+        EnvelopeSeed {
+            name: "presence-expired",
+            signer: &BOB,
+            envelope: Envelope {
+                created_at: NOW - 120_000,
+                expires_at: NOW - 60_000,
+                ..envelope(&BOB, None, Body::Presence)
+            },
+            seal_key: &key,
+        },
+        EnvelopeSeed {
+            name: "presence-other-key",
+            signer: &BOB,
+            envelope: envelope(&BOB, None, Body::Presence),
+            seal_key: &other_key,
+        },
     ];
-    for (name, keypair, to, body, (created_at, expires_at), seal_key) in seeds {
-        let session = if matches!(body, Body::Offer(_) | Body::Answer(_)) {
-            *SESSION
-        } else {
-            SessionId::from_bytes([0; 16])
-        };
-        let envelope = Envelope {
-            version: ENVELOPE_VERSION,
-            room_id: *ROOM,
-            from: peer(keypair),
-            to,
-            session,
-            seq: 1,
-            created_at,
-            expires_at,
-            body,
-        };
-        let bytes = envelope.sign(keypair, seal_key)?;
+    for seed in seeds {
+        let bytes = seed.envelope.sign(seed.signer, seed.seal_key)?;
         // How far the target gets with this seed (the expired and other-key ones stop early
         // on purpose).
         let opened = Envelope::decode(&bytes, NOW).and_then(|sealed| sealed.open(&key));
-        write(
-            &envelope_dir,
-            name,
-            &bytes,
-            &format!("{:?}", opened.map(|_| ())),
-        )?;
+        let checks = format!("{:?}", opened.map(|_| ()));
+        write(&envelope_dir, seed.name, &bytes, &checks)?;
     }
     let proof = BINDING.prove(&ALICE)?;
     let verified = BINDING.verify(&proof, &alice);
     write(&envelope_dir, "binding", &proof, &format!("{verified:?}"))?;
     Ok(())
+}
+
+/// One envelope seed: what it says, who signs it and the key its body is sealed with.
+struct EnvelopeSeed<'a> {
+    name: &'static str,
+    signer: &'a Keypair,
+    envelope: Envelope,
+    seal_key: &'a RoomKey,
+}
+
+/// An envelope in the fixture room from `signer`, valid at [`NOW`] for five minutes; offers
+/// and answers are in the fixture session, the rest in the all-zero one.
+fn envelope(signer: &Keypair, to: Option<PeerId>, body: Body) -> Envelope {
+    let session = match body {
+        Body::Offer(_) | Body::Answer(_) => *SESSION,
+        _ => SessionId::from_bytes([0; 16]),
+    };
+    Envelope {
+        version: ENVELOPE_VERSION,
+        room_id: *ROOM,
+        from: peer(signer),
+        to,
+        session,
+        seq: 1,
+        created_at: NOW - 1_000,
+        expires_at: NOW + 5 * 60_000,
+        body,
+    }
 }
 
 /// Offer and answer between two loopback peer connections, each with the candidates its side
@@ -188,7 +198,7 @@ async fn gather(
 
 /// Writes one seed and prints its path, size and what the checks say about it.
 fn write(dir: &Path, name: &str, bytes: &[u8], checks: &str) -> Result<(), Error> {
-    let path = dir.join(name);
+    let path = dir.join(format!("seed-{name}"));
     std::fs::write(&path, bytes)?;
     println!("{} ({} bytes): {checks}", path.display(), bytes.len());
     Ok(())

@@ -489,7 +489,7 @@ pub fn check_remote_description(sdp: &str, candidates: &[String]) -> Result<(), 
 
 /// Parses `sdp` with the parser webrtc-rs runs on a description it is given (the type, offer
 /// or answer, does not change the parse) and returns the values of the `a=candidate`
-/// attributes of all its media sections.
+/// attributes of all its media sections, which webrtc-rs parses next.
 fn parse_description(sdp: String) -> Result<Vec<String>, RtcError> {
     // `RTCSessionDescription::offer` would parse twice (once to cache, once for us).
     let mut description = RTCSessionDescription::default();
@@ -502,8 +502,9 @@ fn parse_description(sdp: String) -> Result<Vec<String>, RtcError> {
         .media_descriptions
         .iter()
         .flat_map(|media| &media.attributes)
+        // As webrtc-rs: an `a=candidate` without a value is ignored, not an error.
         .filter(|attribute| attribute.is_ice_candidate())
-        .map(|attribute| attribute.value.clone().unwrap_or_default())
+        .filter_map(|attribute| attribute.value.clone())
         .collect())
 }
 

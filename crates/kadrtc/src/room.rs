@@ -533,6 +533,12 @@ impl RoomActor {
                 sdp,
                 candidates,
             } => {
+                if self
+                    .refuse_unparsable(peer, session, &sdp, &candidates)
+                    .await
+                {
+                    return;
+                }
                 tracing::debug!(%peer, %session, "accepting offer");
                 self.connect(peer, session, Some((sdp, candidates))).await;
             }
@@ -541,6 +547,12 @@ impl RoomActor {
                 sdp,
                 candidates,
             } => {
+                if self
+                    .refuse_unparsable(peer, session, &sdp, &candidates)
+                    .await
+                {
+                    return;
+                }
                 let Some(entry) = self.peers.get_mut(&peer) else {
                     return;
                 };
@@ -642,6 +654,25 @@ impl RoomActor {
             }
             _ => {}
         }
+    }
+
+    /// Checks a remote description and its candidates with webrtc-rs's parsers before any of
+    /// it reaches a peer connection; a description that does not parse fails the attempt
+    /// with an error event. Returns whether it was refused.
+    async fn refuse_unparsable(
+        &mut self,
+        peer: PeerId,
+        session: SessionId,
+        sdp: &str,
+        candidates: &[String],
+    ) -> bool {
+        let Err(error) = kadrtc_rtc::check_remote_description(sdp, candidates) else {
+            return false;
+        };
+        tracing::warn!(%peer, %session, %error, "refused remote description");
+        self.fail_session(peer, session, Some(RoomError::Rtc(error)))
+            .await;
+        true
     }
 
     /// Builds the peer connection of `session` with its local description: an offer, or the
