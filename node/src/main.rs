@@ -10,7 +10,7 @@ use std::process::ExitCode;
 
 use anyhow::Context as _;
 use clap::{Args, Parser, Subcommand};
-use kadrtc::{Multiaddr, Node, PeerId, RoomConfig};
+use kadrtc::{Multiaddr, Node, Passphrase, PeerId, RoomConfig};
 use tokio::io::{AsyncBufReadExt as _, BufReader};
 
 use crate::output::Output;
@@ -70,9 +70,10 @@ struct JoinArgs {
         long,
         value_name = "TEXT",
         env = "KADRTC_PASSPHRASE",
-        hide_env_values = true
+        hide_env_values = true,
+        value_parser = parse_passphrase
     )]
-    passphrase: Option<String>,
+    passphrase: Option<Passphrase>,
     /// Read the room passphrase from the first line of FILE.
     #[arg(long, value_name = "FILE", conflicts_with = "passphrase")]
     passphrase_file: Option<PathBuf>,
@@ -149,10 +150,10 @@ async fn run_join(args: JoinArgs, out: &Output) -> anyhow::Result<()> {
     if args.common.bootstrap.is_empty() {
         tracing::warn!("no --bootstrap given: only peers that connect to this node can be found");
     }
-    let mut config = RoomConfig::default();
-    if let Some(passphrase) = passphrase(&args)? {
-        config = config.with_passphrase(passphrase);
-    }
+    let mut config = RoomConfig {
+        passphrase: passphrase(&args)?,
+        ..RoomConfig::default()
+    };
     if !args.allow.is_empty() {
         config = config.with_allow(args.allow.iter().copied());
     }
@@ -198,20 +199,29 @@ async fn run_join(args: JoinArgs, out: &Output) -> anyhow::Result<()> {
 }
 
 /// The passphrase from --passphrase / KADRTC_PASSPHRASE, or the first line of
-/// --passphrase-file.
-fn passphrase(args: &JoinArgs) -> anyhow::Result<Option<String>> {
+/// --passphrase-file (whose text is wiped from memory once read).
+fn passphrase(args: &JoinArgs) -> anyhow::Result<Option<Passphrase>> {
     if let Some(path) = &args.passphrase_file {
-        let text = std::fs::read_to_string(path)
-            .with_context(|| format!("cannot read the passphrase file {}", path.display()))?;
-        let line = text.lines().next().unwrap_or_default().to_string();
+        let text = zeroize::Zeroizing::new(
+            std::fs::read_to_string(path)
+                .with_context(|| format!("cannot read the passphrase file {}", path.display()))?,
+        );
+        let line = text.lines().next().unwrap_or_default();
         anyhow::ensure!(
             !line.is_empty(),
             "the passphrase file {} is empty",
             path.display()
         );
-        return Ok(Some(line));
+        return Ok(Some(Passphrase::new(line)));
     }
     Ok(args.passphrase.clone())
+}
+
+fn parse_passphrase(text: &str) -> Result<Passphrase, String> {
+    if text.is_empty() {
+        return Err("the passphrase is empty".into());
+    }
+    Ok(Passphrase::new(text))
 }
 
 /// Resolves on Ctrl-C (SIGINT) or SIGTERM.

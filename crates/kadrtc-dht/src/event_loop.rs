@@ -611,12 +611,23 @@ impl EventLoop {
                     Ok(envelope) => {
                         let delivered = TopicEvent::Message {
                             source: message.source,
+                            propagation_source,
                             envelope: Box::new(envelope),
                         };
                         if sender.try_send(delivered).is_err() {
                             tracing::debug!(%topic, "subscriber is slow or gone; message dropped");
                         }
                         gossipsub::MessageAcceptance::Accept
+                    }
+                    // Whether an envelope has expired depends on the clock of whoever checks it and
+                    // when: an honest forwarder must not be penalised for one that expired in
+                    // flight, or for clocks that disagree.
+                    Err(
+                        error
+                        @ (EnvelopeError::Expired { .. } | EnvelopeError::InvalidTimes { .. }),
+                    ) => {
+                        tracing::warn!(%propagation_source, source = ?message.source, "ignored topic message: {}", error_chain(&error));
+                        gossipsub::MessageAcceptance::Ignore
                     }
                     Err(error) => {
                         tracing::warn!(%propagation_source, source = ?message.source, "rejected topic message: {}", error_chain(&error));

@@ -132,6 +132,9 @@ pub enum TopicEvent {
     Message {
         /// The peer that published it (gossipsub signed author, equal to `envelope.from`).
         source: Option<PeerId>,
+        /// The connected peer that delivered it to this node: the author itself when it is
+        /// directly connected, otherwise a relay of the topic mesh.
+        propagation_source: PeerId,
         /// The envelope it carried (boxed: it is large beside the other variant).
         envelope: Box<Envelope<Sealed>>,
     },

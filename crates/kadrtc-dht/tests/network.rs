@@ -172,7 +172,11 @@ async fn topic_delivers_valid_envelopes_and_drops_invalid_ones() {
     let message = timeout(Duration::from_secs(10), async {
         loop {
             match b_sub.recv().await.expect("subscription open") {
-                TopicEvent::Message { source, envelope } => return (source, envelope),
+                TopicEvent::Message {
+                    source,
+                    propagation_source,
+                    envelope,
+                } => return (source, envelope, propagation_source),
                 _ => continue,
             }
         }
@@ -185,6 +189,11 @@ async fn topic_delivers_valid_envelopes_and_drops_invalid_ones() {
         "only the valid envelope is delivered, decoded"
     );
     assert_eq!(message.0, Some(a.peer_id()));
+    assert_eq!(
+        message.2,
+        a.peer_id(),
+        "delivered by its author, directly connected"
+    );
     while let Ok(event) = b_sub.try_recv() {
         assert!(
             !matches!(event, TopicEvent::Message { .. }),
@@ -277,13 +286,14 @@ async fn topic_message_signed_for_another_identity_is_rejected_and_scored() {
             .unwrap();
     }
 
-    // b refuses every one of them and its score of a falls below the gossip threshold.
+    // b refuses every one of them and its score of a falls below the graylist threshold
+    // (gossipsub's default, −80), after which b drops a's messages unread.
     let score = eventually(Duration::from_secs(10), || {
         let (b, a) = (b.clone(), a.peer_id());
-        async move { b.peer_score(a).await.unwrap().filter(|s| *s <= -10.0) }
+        async move { b.peer_score(a).await.unwrap().filter(|s| *s <= -80.0) }
     })
     .await;
-    assert!(score.is_some(), "a's score at b went negative");
+    assert!(score.is_some(), "a is graylisted at b");
     assert!(
         !matches!(b_sub.try_recv(), Ok(TopicEvent::Message { .. })),
         "no foreign envelope is delivered"

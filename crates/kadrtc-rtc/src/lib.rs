@@ -119,6 +119,8 @@ pub enum RtcError {
 /// One WebRTC peer connection with kadrtc's data channel.
 pub struct PeerConnection {
     inner: Arc<dyn webrtc::peer_connection::PeerConnection>,
+    /// Shared with the event handler: see `Handler::channel_taken`.
+    channel_taken: Arc<AtomicBool>,
     /// Starts forwarding a locally created channel's events, tagged like the connection's.
     watch: Box<dyn Fn(Arc<dyn DataChannel>) + Send + Sync>,
 }
@@ -132,8 +134,9 @@ pub struct Channel {
 struct Handler<T> {
     tag: T,
     events: mpsc::Sender<(T, RtcEvent)>,
-    /// Set once the remote's data channel has been taken; further ones are closed.
-    channel_taken: AtomicBool,
+    /// Set once the connection has its data channel (created locally by the offerer, or the
+    /// remote's first one); further channels from the remote are closed.
+    channel_taken: Arc<AtomicBool>,
 }
 
 impl RtcConfig {
@@ -197,13 +200,14 @@ impl PeerConnection {
             .iter()
             .map(|ip| SocketAddr::new(*ip, 0))
             .collect();
+        let channel_taken = Arc::new(AtomicBool::new(false));
         let pc = PeerConnectionBuilder::new()
             .with_configuration(configuration)
             .with_setting_engine(settings)
             .with_handler(Arc::new(Handler {
                 tag: tag.clone(),
                 events: events.clone(),
-                channel_taken: AtomicBool::new(false),
+                channel_taken: channel_taken.clone(),
             }))
             .with_udp_addrs(bind)
             .with_data_channel_send_buffer_limit(DEFAULT_SEND_BUFFER_LIMIT)
@@ -212,6 +216,7 @@ impl PeerConnection {
             .map_err(webrtc_error)?;
         Ok(Self {
             inner: Arc::new(pc),
+            channel_taken,
             watch: Box::new(move |channel| {
                 tokio::spawn(pump_channel(channel, tag.clone(), events.clone()));
             }),
@@ -225,6 +230,8 @@ impl PeerConnection {
     ///
     /// [`RtcError`] when webrtc-rs refuses a step.
     pub async fn create_offer(&self) -> Result<String, RtcError> {
+        // The offerer's channel is its own: the answerer may not add a second one.
+        self.channel_taken.store(true, Ordering::SeqCst);
         let channel = self
             .inner
             .create_data_channel(CHANNEL_LABEL, None)

@@ -47,6 +47,9 @@ const LEAVE_TIMEOUT: Duration = Duration::from_secs(2);
 const DEPARTED_MEMORY: Duration = Duration::from_secs(120);
 /// Most departed peers remembered.
 const MAX_DEPARTED: usize = 256;
+/// Most [`RoomError::WrongPassphrase`] events a room reports per minute; past it (a flood of
+/// identities with another key) they are only logged at debug level.
+const MAX_WRONG_PASSPHRASE_REPORTS_PER_MINUTE: u32 = 10;
 
 /// Settings of one joined room.
 #[derive(Debug, Clone)]
@@ -210,6 +213,8 @@ struct RoomActor {
     next_discovery: Instant,
     discovery_interval: Duration,
     discovery_in_flight: bool,
+    /// Bounds the wrong-passphrase events, see [`MAX_WRONG_PASSPHRASE_REPORTS_PER_MINUTE`].
+    wrong_passphrase_reports: governor::DefaultDirectRateLimiter,
 }
 
 struct PeerEntry {
@@ -221,9 +226,15 @@ struct PeerEntry {
     newest_created_at: u64,
     /// Latest signed envelope for the remote's mailbox; a writer task puts it, in order.
     mailbox: watch::Sender<Option<Vec<u8>>>,
-    /// The open channel of the current session while its binding proof is awaited, with
-    /// the transcript the proof must cover.
-    binding: Option<(Channel, ChannelBinding)>,
+    /// The open channel of a session while its binding proof is awaited, with the
+    /// transcript the proof must cover.
+    binding: Option<PendingBinding>,
+}
+
+struct PendingBinding {
+    session: SessionId,
+    channel: Channel,
+    transcript: ChannelBinding,
 }
 
 #[derive(Clone, Copy)]
@@ -336,6 +347,10 @@ impl Room {
             departed: HashMap::new(),
             next_discovery: joined_at,
             discovery_in_flight: false,
+            wrong_passphrase_reports: governor::RateLimiter::direct(governor::Quota::per_minute(
+                std::num::NonZeroU32::new(MAX_WRONG_PASSPHRASE_REPORTS_PER_MINUTE)
+                    .unwrap_or(std::num::NonZeroU32::MIN),
+            )),
         };
         tokio::spawn(actor.run(commands_rx, topic_rx, rtc_rx, internal_rx));
         Ok(Self {
@@ -611,6 +626,9 @@ impl RoomActor {
                 let Some(entry) = self.peers.get_mut(&peer) else {
                     return;
                 };
+                if entry.binding.as_ref().is_some_and(|b| b.session == session) {
+                    entry.binding = None;
+                }
                 if entry
                     .connection
                     .as_ref()
@@ -733,7 +751,9 @@ impl RoomActor {
                 entry.negotiation.handle_local_candidate(session, candidate)
             }
             RtcEvent::GatheringComplete => entry.negotiation.handle_end_of_candidates(session),
-            RtcEvent::ChannelOpen(channel) if current => {
+            // One channel per connection: a second open (which kadrtc-rtc refuses) must not
+            // re-arm the binding check.
+            RtcEvent::ChannelOpen(channel) if current && !entry.open && entry.binding.is_none() => {
                 self.start_binding(peer, session, channel).await;
             }
             RtcEvent::Message(data) if current && entry.binding.is_some() => {
@@ -801,7 +821,11 @@ impl RoomActor {
             return;
         }
         if let Some(entry) = self.peers.get_mut(&peer) {
-            entry.binding = Some((channel, binding));
+            entry.binding = Some(PendingBinding {
+                session,
+                channel,
+                transcript: binding,
+            });
         }
     }
 
@@ -811,10 +835,15 @@ impl RoomActor {
         let Some(entry) = self.peers.get_mut(&peer) else {
             return;
         };
-        let Some((channel, binding)) = entry.binding.take() else {
+        let Some(PendingBinding {
+            channel,
+            transcript,
+            ..
+        }) = entry.binding.take_if(|b| b.session == session)
+        else {
             return;
         };
-        if let Err(error) = binding.verify(proof, &peer) {
+        if let Err(error) = transcript.verify(proof, &peer) {
             tracing::warn!(%peer, %session, %error, "channel-binding check failed; closing the channel");
             self.fail_session(peer, session, Some(RoomError::ChannelBinding(error)))
                 .await;
@@ -867,12 +896,30 @@ impl RoomActor {
                     self.publish_on_topic(bytes);
                 }
             }
-            TopicEvent::Message { envelope, .. } => {
+            TopicEvent::Message {
+                envelope,
+                propagation_source,
+                ..
+            } => {
                 // Decoded and verified by the DHT layer already; still sealed.
+                let from = envelope.from;
+                if !self.peers.contains_key(&from) && propagation_source != from {
+                    // Relayed from a peer we have no connection to: anyone can sign envelopes
+                    // with fresh keys, so a newcomer is only negotiated with (or reported as
+                    // unreadable) once it proves its key to us (a direct connection, whose
+                    // subscription then arrives) or to the DHT (a provider record). An
+                    // announcement, or an envelope for us, brings the next provider lookup
+                    // forward.
+                    let for_us = envelope.to.is_none_or(|to| to == self.local);
+                    if for_us && from != self.local && self.admitted(&from) {
+                        tracing::trace!(%from, via = %propagation_source, "relayed envelope from an unknown peer; looking up providers");
+                        self.hurry_discovery();
+                    }
+                    return;
+                }
                 let Some(envelope) = self.addressed_to_us(*envelope) else {
                     return;
                 };
-                let from = envelope.from;
                 if matches!(envelope.body, Body::Leave) {
                     // A replayed Leave older than what the peer said since changes nothing.
                     let newest = self.peers.get(&from).map_or(0, |e| e.newest_created_at);
@@ -911,26 +958,26 @@ impl RoomActor {
                 }
             }
             Internal::Fetched { peer, values } => {
+                // Only the peer's own envelopes, under its mailbox key for us, are opened: a
+                // storing node may serve anything.
+                let key = self.room.mailbox_key(&peer, &self.local);
                 let mut envelopes: Vec<Envelope> = Vec::with_capacity(values.len());
                 for value in &values {
-                    envelopes.extend(self.accept_envelope(value).filter(|e| e.from == peer));
+                    match Envelope::decode(value, unix_time_ms()) {
+                        Ok(sealed) if sealed.from != peer => {
+                            tracing::warn!(from = %sealed.from, mailbox_of = %peer, "ignored envelope of another sender");
+                        }
+                        Ok(sealed) => match sealed.check_mailbox_key(&key) {
+                            Ok(()) => envelopes.extend(self.addressed_to_us(sealed)),
+                            Err(error) => tracing::warn!(from = %peer, %error, "ignored envelope"),
+                        },
+                        Err(error) => tracing::warn!(%error, "ignored invalid envelope"),
+                    }
                 }
                 envelopes.sort_by_key(|e| (e.created_at, e.seq));
                 for envelope in envelopes {
                     self.apply_remote(&envelope);
                 }
-            }
-        }
-    }
-
-    /// Decodes and checks envelope bytes fetched from a mailbox record; `None` (with a log
-    /// line) when they are invalid, then as [`RoomActor::addressed_to_us`].
-    fn accept_envelope(&mut self, data: &[u8]) -> Option<Envelope> {
-        match Envelope::decode(data, unix_time_ms()) {
-            Ok(envelope) => self.addressed_to_us(envelope),
-            Err(error) => {
-                tracing::warn!(%error, "ignored invalid envelope");
-                None
             }
         }
     }
@@ -960,29 +1007,52 @@ impl RoomActor {
     /// another passphrase: it is reported once ([`RoomError::WrongPassphrase`]) and set aside
     /// like a departed peer.
     fn open(&mut self, envelope: Envelope<Sealed>) -> Option<Envelope> {
-        let from = envelope.from;
+        let (from, created_at) = (envelope.from, envelope.created_at);
         match envelope.open(&self.key) {
             Ok(envelope) => Some(envelope),
             Err(error @ EnvelopeError::Unseal { .. }) => {
-                let reported = self.departed.contains_key(&from) && !self.peers.contains_key(&from);
-                if !reported {
-                    tracing::warn!(%from, "ignored envelope: {error}");
-                    if let Some(entry) = self.peers.get_mut(&from) {
-                        // It never had a channel with this key: no departure to report.
-                        entry.left_reported = !entry.open;
-                    }
-                    self.remove_peer(from);
-                    self.outbox.push_back(RoomEvent::Error {
-                        peer: Some(from),
-                        error: RoomError::WrongPassphrase,
-                    });
-                }
+                self.set_aside_unreadable(from, created_at, &error);
                 None
             }
             Err(error) => {
                 tracing::warn!(%from, %error, "ignored envelope");
                 None
             }
+        }
+    }
+
+    /// A peer whose envelope (created at `created_at`) does not open uses another key: it is
+    /// set aside like a departed peer (a tracked peer only when the envelope is newer than the
+    /// last one of its that did open, so that a replay of an old one cannot evict it), and
+    /// reported once, within [`MAX_WRONG_PASSPHRASE_REPORTS_PER_MINUTE`].
+    fn set_aside_unreadable(&mut self, from: PeerId, created_at: u64, error: &EnvelopeError) {
+        let newest_readable = self.peers.get(&from).map(|entry| entry.newest_created_at);
+        match newest_readable {
+            Some(newest) if created_at <= newest => {
+                tracing::debug!(%from, "ignored an older envelope that does not open: {error}");
+                return;
+            }
+            Some(_) => {
+                if let Some(entry) = self.peers.get_mut(&from) {
+                    // It never had a channel with this key: no departure to report.
+                    entry.left_reported = !entry.open;
+                }
+                self.remove_peer(from);
+            }
+            None if self.recently_departed(&from) => {
+                tracing::debug!(%from, "ignored envelope: {error}");
+                return;
+            }
+            None => self.mark_departed(from),
+        }
+        if self.wrong_passphrase_reports.check().is_ok() {
+            tracing::warn!(%from, "ignored envelope: {error}");
+            self.outbox.push_back(RoomEvent::Error {
+                peer: Some(from),
+                error: RoomError::WrongPassphrase,
+            });
+        } else {
+            tracing::debug!(%from, "ignored envelope (reports over their rate): {error}");
         }
     }
 
@@ -1018,14 +1088,11 @@ impl RoomActor {
             tracing::trace!(%peer, "peer not admitted to the room");
             return;
         }
-        if let Some(left) = self.departed.get(&peer) {
-            let age = unix_time_ms().saturating_sub(*left);
-            if u128::from(age) < DEPARTED_MEMORY.as_millis() {
-                tracing::trace!(%peer, "departed peer not rediscovered yet");
-                return;
-            }
-            self.departed.remove(&peer);
+        if self.recently_departed(&peer) {
+            tracing::trace!(%peer, "departed peer not rediscovered yet");
+            return;
         }
+        self.departed.remove(&peer);
         if self.peers.len() >= self.config.max_peers {
             tracing::warn!(%peer, max = self.config.max_peers, "room is full; peer ignored");
             return;
@@ -1073,7 +1140,13 @@ impl RoomActor {
         if !entry.left_reported {
             self.outbox.push_back(RoomEvent::PeerLeft { peer });
         }
-        if self.departed.len() >= MAX_DEPARTED {
+        self.mark_departed(peer);
+    }
+
+    /// Remembers that `peer` left (or was set aside) now, forgetting the oldest such peer
+    /// past [`MAX_DEPARTED`].
+    fn mark_departed(&mut self, peer: PeerId) {
+        if self.departed.len() >= MAX_DEPARTED && !self.departed.contains_key(&peer) {
             let oldest = self
                 .departed
                 .iter()
@@ -1084,6 +1157,20 @@ impl RoomActor {
             }
         }
         self.departed.insert(peer, unix_time_ms());
+    }
+
+    fn recently_departed(&self, peer: &PeerId) -> bool {
+        self.departed.get(peer).is_some_and(|left| {
+            u128::from(unix_time_ms().saturating_sub(*left)) < DEPARTED_MEMORY.as_millis()
+        })
+    }
+
+    /// Brings the next provider lookup forward to at most [`RoomConfig::discovery_initial`]
+    /// from now (so a flood of hints causes at most a few lookups a second).
+    fn hurry_discovery(&mut self) {
+        let soon = Instant::now() + self.config.discovery_initial;
+        self.next_discovery = self.next_discovery.min(soon);
+        self.discovery_interval = self.config.discovery_initial;
     }
 
     fn start_discovery(&mut self, now: Instant) {
@@ -1189,7 +1276,7 @@ async fn write_mailbox(
 }
 
 /// The room's sealing key: from the name alone, or through argon2id with the passphrase (on a
-/// blocking thread: it takes a quarter of a second and 64 MiB).
+/// blocking thread: it takes about 0.35 s and 64 MiB).
 async fn room_key(
     name: &RoomName,
     passphrase: Option<&Passphrase>,

@@ -380,3 +380,64 @@ pub async fn raw_put_record(bootstrap: &str, key: Vec<u8>, value: Vec<u8>) {
         }
     }
 }
+
+/// A bare gossipsub client (no Kademlia, no identify: nobody learns its address) that
+/// connects to `relay`, waits for the relay's subscription to `topic`, publishes `messages`
+/// signed and authored by `key`, and keeps running until the returned task is aborted: a
+/// publisher that reaches a room only through one relay.
+pub async fn raw_gossip_publish(
+    relay: &str,
+    key: kadrtc_proto::Keypair,
+    topic: String,
+    messages: Vec<Vec<u8>>,
+) -> tokio::task::JoinHandle<()> {
+    use futures::StreamExt as _;
+    use libp2p::gossipsub;
+    use libp2p::swarm::SwarmEvent;
+
+    let relay_addr: libp2p::Multiaddr = relay.parse().unwrap();
+    let mut swarm = libp2p::SwarmBuilder::with_existing_identity(key)
+        .with_tokio()
+        .with_tcp(
+            libp2p::tcp::Config::default(),
+            libp2p::noise::Config::new,
+            libp2p::yamux::Config::default,
+        )
+        .unwrap()
+        .with_behaviour(|key| {
+            let config = gossipsub::ConfigBuilder::default()
+                .validation_mode(gossipsub::ValidationMode::Strict)
+                .build()
+                .unwrap();
+            gossipsub::Behaviour::<gossipsub::IdentityTransform>::new(
+                gossipsub::MessageAuthenticity::Signed(key.clone()),
+                config,
+            )
+            .unwrap()
+        })
+        .unwrap()
+        .build();
+    let topic = gossipsub::IdentTopic::new(topic);
+    swarm.behaviour_mut().subscribe(&topic).unwrap();
+    swarm.dial(relay_addr).unwrap();
+    let end = tokio::time::Instant::now() + DEADLINE;
+    loop {
+        let event = tokio::time::timeout_at(end, swarm.select_next_some())
+            .await
+            .expect("the relay subscribes within the deadline");
+        if let SwarmEvent::Behaviour(gossipsub::Event::Subscribed { .. }) = event {
+            break;
+        }
+    }
+    for message in messages {
+        swarm
+            .behaviour_mut()
+            .publish(topic.clone(), message)
+            .unwrap();
+    }
+    tokio::spawn(async move {
+        loop {
+            swarm.select_next_some().await;
+        }
+    })
+}
