@@ -22,8 +22,9 @@ use thiserror::Error;
 use crate::ids::{RoomId, SessionId};
 use crate::keys::RoomKey;
 
-/// Version of the envelope format this crate writes and accepts.
-pub const ENVELOPE_VERSION: u8 = 1;
+/// Version of the envelope format this crate writes and accepts. 2: sealed bodies (issue 3);
+/// 1 carried the body in the clear.
+pub const ENVELOPE_VERSION: u8 = 2;
 
 /// Domain tag signed in front of every envelope payload (DESIGN.md, "Envelope").
 pub const SIGNATURE_DOMAIN: &[u8] = b"kadrtc/envelope/v1";
@@ -327,7 +328,12 @@ impl Envelope {
             return Err(EnvelopeError::BadSignature { from });
         }
         if body.len() < SEAL_NONCE_LEN {
-            return Err(EnvelopeError::Unseal { from });
+            return Err(EnvelopeError::Malformed(
+                bincode::error::DecodeError::OtherString(format!(
+                    "sealed body of {} bytes is shorter than its nonce",
+                    body.len()
+                )),
+            ));
         }
         let envelope = Envelope {
             version: wire.version,
