@@ -334,30 +334,20 @@ pub async fn raw_put_record(bootstrap: &str, key: Vec<u8>, value: Vec<u8>) {
     let Some(Protocol::P2p(peer)) = addr.iter().last() else {
         panic!("bootstrap address without /p2p/");
     };
-    let mut swarm = libp2p::SwarmBuilder::with_new_identity()
-        .with_tokio()
-        .with_tcp(
-            libp2p::tcp::Config::default(),
-            libp2p::noise::Config::new,
-            libp2p::yamux::Config::default,
-        )
-        .unwrap()
-        .with_behaviour(|key| {
-            let local = key.public().to_peer_id();
-            let store = MemoryStore::with_config(
-                local,
-                MemoryStoreConfig {
-                    max_value_bytes: 1 << 20,
-                    ..Default::default()
-                },
-            );
-            let config = kad::Config::new(libp2p::StreamProtocol::new(kadrtc_dht::KAD_PROTOCOL));
-            let mut kad = kad::Behaviour::with_config(local, store, config);
-            kad.set_mode(Some(kad::Mode::Server));
-            kad
-        })
-        .unwrap()
-        .build();
+    let mut swarm = raw_swarm(kadrtc_proto::Keypair::generate_ed25519(), |key| {
+        let local = key.public().to_peer_id();
+        let store = MemoryStore::with_config(
+            local,
+            MemoryStoreConfig {
+                max_value_bytes: 1 << 20,
+                ..Default::default()
+            },
+        );
+        let config = kad::Config::new(libp2p::StreamProtocol::new(kadrtc_dht::KAD_PROTOCOL));
+        let mut kad = kad::Behaviour::with_config(local, store, config);
+        kad.set_mode(Some(kad::Mode::Server));
+        kad
+    });
     swarm.behaviour_mut().add_address(&peer, addr);
     swarm
         .behaviour_mut()
@@ -396,27 +386,17 @@ pub async fn raw_gossip_publish(
     use libp2p::swarm::SwarmEvent;
 
     let relay_addr: libp2p::Multiaddr = relay.parse().unwrap();
-    let mut swarm = libp2p::SwarmBuilder::with_existing_identity(key)
-        .with_tokio()
-        .with_tcp(
-            libp2p::tcp::Config::default(),
-            libp2p::noise::Config::new,
-            libp2p::yamux::Config::default,
+    let mut swarm = raw_swarm(key, |key| {
+        let config = gossipsub::ConfigBuilder::default()
+            .validation_mode(gossipsub::ValidationMode::Strict)
+            .build()
+            .unwrap();
+        gossipsub::Behaviour::<gossipsub::IdentityTransform>::new(
+            gossipsub::MessageAuthenticity::Signed(key.clone()),
+            config,
         )
         .unwrap()
-        .with_behaviour(|key| {
-            let config = gossipsub::ConfigBuilder::default()
-                .validation_mode(gossipsub::ValidationMode::Strict)
-                .build()
-                .unwrap();
-            gossipsub::Behaviour::<gossipsub::IdentityTransform>::new(
-                gossipsub::MessageAuthenticity::Signed(key.clone()),
-                config,
-            )
-            .unwrap()
-        })
-        .unwrap()
-        .build();
+    });
     let topic = gossipsub::IdentTopic::new(topic);
     swarm.behaviour_mut().subscribe(&topic).unwrap();
     swarm.dial(relay_addr).unwrap();
@@ -440,4 +420,23 @@ pub async fn raw_gossip_publish(
             swarm.select_next_some().await;
         }
     })
+}
+
+/// A bare libp2p swarm with `key` over TCP + noise + yamux running `behaviour`, for the
+/// attackers that kadrtc's own node would not let the tests play.
+fn raw_swarm<B: libp2p::swarm::NetworkBehaviour>(
+    key: kadrtc_proto::Keypair,
+    behaviour: impl FnOnce(&kadrtc_proto::Keypair) -> B,
+) -> libp2p::Swarm<B> {
+    libp2p::SwarmBuilder::with_existing_identity(key)
+        .with_tokio()
+        .with_tcp(
+            libp2p::tcp::Config::default(),
+            libp2p::noise::Config::new,
+            libp2p::yamux::Config::default,
+        )
+        .unwrap()
+        .with_behaviour(behaviour)
+        .unwrap()
+        .build()
 }
