@@ -41,8 +41,15 @@ async fn main() -> anyhow::Result<()> {
                 None => break,
             },
             event = room.next_event() => match event {
-                Some(RoomEvent::ChannelOpen { peer, elapsed }) => {
-                    println!("* connected to {peer} after {} ms", elapsed.as_millis());
+                Some(RoomEvent::ChannelOpen {
+                    peer,
+                    elapsed,
+                    candidate_pair,
+                }) => {
+                    let path = candidate_pair.map_or("path unknown".into(), |pair| {
+                        format!("{}, {}/{}", if pair.is_relayed() { "relayed" } else { "direct" }, pair.local, pair.remote)
+                    });
+                    println!("* connected to {peer} after {} ms ({path})", elapsed.as_millis());
                 }
                 Some(RoomEvent::Message { peer, data }) => {
                     println!("<{peer}> {}", String::from_utf8_lossy(&data));

@@ -55,13 +55,34 @@ impl Output {
                     self.text(&format!("* discovered {peer} via {via}"));
                 }
             }
-            RoomEvent::ChannelOpen { peer, elapsed } => {
+            RoomEvent::ChannelOpen {
+                peer,
+                elapsed,
+                candidate_pair,
+            } => {
                 let elapsed_ms = elapsed.as_millis();
+                let (local, remote) = match candidate_pair {
+                    Some(pair) => (Some(pair.local.as_str()), Some(pair.remote.as_str())),
+                    None => (None, None),
+                };
                 if self.json {
-                    self.line(json!({"event": "channel_open", "peer_id": peer.to_string(), "elapsed_ms": elapsed_ms}));
+                    self.line(json!({
+                        "event": "channel_open",
+                        "peer_id": peer.to_string(),
+                        "elapsed_ms": elapsed_ms,
+                        "local": local,
+                        "remote": remote,
+                    }));
                 } else {
+                    let path = match candidate_pair {
+                        Some(pair) if pair.is_relayed() => {
+                            format!("relayed, {}↔{}", pair.local, pair.remote)
+                        }
+                        Some(pair) => format!("direct, {}↔{}", pair.local, pair.remote),
+                        None => "path unknown".into(),
+                    };
                     self.text(&format!(
-                        "* channel open to {peer} ({elapsed_ms} ms after joining)"
+                        "* channel open to {peer} ({elapsed_ms} ms after joining; {path})"
                     ));
                 }
             }

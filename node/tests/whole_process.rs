@@ -36,6 +36,13 @@ fn two_joiners_bootstrapped_from_different_nodes_of_five_exchange_messages_both_
     assert_eq!(open_a["peer_id"], b_id.as_str());
     assert_eq!(open_b["peer_id"], a_id.as_str());
     assert!(open_a["elapsed_ms"].as_u64().is_some());
+    // On 127.0.0.1 both ends use host candidates: a direct path, reported as such.
+    for open in [&open_a, &open_b] {
+        assert_eq!(
+            (&open["local"], &open["remote"]),
+            (&"host".into(), &"host".into())
+        );
+    }
 
     a.say("hello from a");
     b.say("hello from b");

@@ -40,9 +40,9 @@ use tokio::sync::mpsc;
 use webrtc::data_channel::{DataChannel, DataChannelEvent};
 use webrtc::peer_connection::{
     PeerConnectionBuilder, PeerConnectionEventHandler, RTCConfigurationBuilder,
-    RTCIceCandidateInit, RTCIceConnectionState, RTCIceGatheringState, RTCIceServer,
-    RTCPeerConnectionIceEvent, RTCPeerConnectionState, RTCSdpType, RTCSessionDescription,
-    SettingEngineBuilder,
+    RTCIceCandidateInit, RTCIceCandidateType, RTCIceConnectionState, RTCIceGatheringState,
+    RTCIceServer, RTCPeerConnectionIceEvent, RTCPeerConnectionState, RTCSdpType,
+    RTCSessionDescription, SettingEngineBuilder,
 };
 
 /// Label of the data channel kadrtc opens between two peers.
@@ -66,6 +66,29 @@ pub struct RtcConfig {
     pub bind_ips: Vec<IpAddr>,
     /// STUN/TURN server URLs (`stun:host:port`); empty by default: no public server is used.
     pub ice_servers: Vec<String>,
+}
+
+/// How a candidate reaches its host (RFC 8445 §5.1.1): the kind of path a candidate pair
+/// gives.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum CandidateType {
+    /// An address of one of the host's own interfaces.
+    Host,
+    /// The address a STUN server saw (a NAT's public side).
+    ServerReflexive,
+    /// An address learnt from the remote's connectivity checks.
+    PeerReflexive,
+    /// An address of a TURN relay: traffic goes through the relay.
+    Relay,
+}
+
+/// The candidate pair ICE selected for a connection (RFC 8445 §8.1.1).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct CandidatePair {
+    /// This side's candidate.
+    pub local: CandidateType,
+    /// The remote's candidate.
+    pub remote: CandidateType,
 }
 
 /// What a [`PeerConnection`] reports. Marked `#[non_exhaustive]`: match with a wildcard arm.
@@ -334,6 +357,22 @@ impl PeerConnection {
             .ok_or(RtcError::NoRemoteCertificate)
     }
 
+    /// The candidate pair ICE selected, once connected; `None` before (or when webrtc-rs
+    /// reports a candidate of unspecified type).
+    pub async fn selected_candidate_pair(&self) -> Option<CandidatePair> {
+        let sctp = self.inner.sctp().await?;
+        let pair = sctp
+            .transport()
+            .ice_transport()
+            .get_selected_candidate_pair()
+            .await
+            .ok()??;
+        Some(CandidatePair {
+            local: CandidateType::from_webrtc(pair.local().typ)?,
+            remote: CandidateType::from_webrtc(pair.remote().typ)?,
+        })
+    }
+
     /// Closes the connection and its channel.
     pub async fn close(&self) {
         if let Err(error) = self.inner.close().await {
@@ -347,6 +386,41 @@ impl PeerConnection {
             .await
             .map(|d| d.sdp)
             .ok_or(RtcError::NoLocalDescription)
+    }
+}
+
+impl CandidateType {
+    /// The candidate type's name in SDP (`typ host|srflx|prflx|relay`, RFC 8839 §5.1).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Host => "host",
+            Self::ServerReflexive => "srflx",
+            Self::PeerReflexive => "prflx",
+            Self::Relay => "relay",
+        }
+    }
+
+    fn from_webrtc(typ: RTCIceCandidateType) -> Option<Self> {
+        match typ {
+            RTCIceCandidateType::Host => Some(Self::Host),
+            RTCIceCandidateType::Srflx => Some(Self::ServerReflexive),
+            RTCIceCandidateType::Prflx => Some(Self::PeerReflexive),
+            RTCIceCandidateType::Relay => Some(Self::Relay),
+            _ => None,
+        }
+    }
+}
+
+impl fmt::Display for CandidateType {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl CandidatePair {
+    /// Whether traffic goes through a TURN relay on either side.
+    pub fn is_relayed(&self) -> bool {
+        self.local == CandidateType::Relay || self.remote == CandidateType::Relay
     }
 }
 

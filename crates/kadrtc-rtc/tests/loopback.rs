@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use kadrtc_rtc::{PeerConnection, RtcConfig, RtcEvent};
+use kadrtc_rtc::{CandidatePair, CandidateType, PeerConnection, RtcConfig, RtcEvent};
 use tokio::time::timeout;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -58,6 +58,13 @@ async fn loopback_pair_opens_a_channel_and_carries_messages_both_ways() {
         ]
     );
     assert!(candidates >= 2);
+    // Loopback host candidates on both sides: a direct path.
+    let direct = Some(CandidatePair {
+        local: CandidateType::Host,
+        remote: CandidateType::Host,
+    });
+    assert_eq!(offerer.selected_candidate_pair().await, direct);
+    assert_eq!(answerer.selected_candidate_pair().await, direct);
     offerer.close().await;
     answerer.close().await;
 }

@@ -21,7 +21,7 @@
 //! let mut room = node.join("lobby").await?;
 //! while let Some(event) = room.next_event().await {
 //!     match event {
-//!         RoomEvent::ChannelOpen { peer, elapsed } => {
+//!         RoomEvent::ChannelOpen { peer, elapsed, .. } => {
 //!             println!("channel to {peer} open after {elapsed:?}");
 //!             room.send(peer, b"hello").await?;
 //!         }
@@ -44,7 +44,7 @@ mod room;
 
 pub use identity::{Identity, IdentityError};
 pub use kadrtc_proto::{BindingError, KeyError, NegotiationConfig};
-pub use kadrtc_rtc::MAX_MESSAGE_SIZE;
+pub use kadrtc_rtc::{CandidatePair, CandidateType, MAX_MESSAGE_SIZE};
 pub use libp2p::{Multiaddr, PeerId};
 pub use node::{JoinError, Node, NodeBuilder, NodeError};
 pub use room::{

@@ -14,7 +14,7 @@ use kadrtc_proto::{
     Fingerprint, KeyError, Negotiation, NegotiationConfig, Role, RoomId, RoomKey, RoomName, Sealed,
     SessionId, ENVELOPE_VERSION,
 };
-use kadrtc_rtc::{Channel, PeerConnection, RtcError, RtcEvent};
+use kadrtc_rtc::{CandidatePair, Channel, PeerConnection, RtcError, RtcEvent};
 use libp2p::PeerId;
 use thiserror::Error;
 use tokio::sync::{mpsc, oneshot, watch};
@@ -104,12 +104,17 @@ pub enum RoomEvent {
         /// How it was found.
         via: Discovery,
     },
-    /// A data channel to `peer` is open.
+    /// A data channel to `peer` is open, and `peer` proved over it that it holds the key
+    /// named in its envelopes.
     ChannelOpen {
         /// The remote member.
         peer: PeerId,
         /// Time since [`crate::Node::join`] began.
         elapsed: Duration,
+        /// The candidate pair ICE selected: both `host` or reflexive means a direct path,
+        /// `relay` on either side a path through a TURN relay. `None` when webrtc-rs does not
+        /// report it.
+        candidate_pair: Option<CandidatePair>,
     },
     /// A message arrived on the channel from `peer`.
     Message {
@@ -857,7 +862,16 @@ impl RoomActor {
             .unwrap_or_else(PoisonError::into_inner)
             .insert(peer, channel);
         let elapsed = self.joined_at.elapsed();
-        self.emit(RoomEvent::ChannelOpen { peer, elapsed }).await;
+        let candidate_pair = match &entry.connection {
+            Some((_, pc)) => pc.selected_candidate_pair().await,
+            None => None,
+        };
+        self.emit(RoomEvent::ChannelOpen {
+            peer,
+            elapsed,
+            candidate_pair,
+        })
+        .await;
     }
 
     /// Ends the attempt of `session` (its connection is closed by the resulting
