@@ -444,7 +444,8 @@ up_fail() {
 NODE_PID=0
 start_node() {
   local k=$1 boot=${2:-}
-  local args=(node --listen "$LISTEN_ADDR" --json)
+  # Several nodes share this host: each answers STUN on a port of its own.
+  local args=(node --listen "$LISTEN_ADDR" --stun-port 0 --json)
   if [[ -n $boot ]]; then args+=(--bootstrap "$boot"); fi
   "$BIN" "${args[@]}" </dev/null >"$STATE/node-$k.out" 2>"$STATE/node-$k.log" &
   NODE_PID=$!

@@ -35,7 +35,7 @@ struct Cli {
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Run a long-lived DHT node (bootstrap and storage for others) until Ctrl-C.
-    Node(CommonArgs),
+    Node(NodeArgs),
     /// Join ROOM, open a channel to every member, send each stdin line to all of them and
     /// print what they send. End of stdin or Ctrl-C leaves the room.
     Join(JoinArgs),
@@ -56,6 +56,20 @@ struct CommonArgs {
     /// Print one JSON object per line on stdout instead of text.
     #[arg(long)]
     json: bool,
+}
+
+#[derive(Debug, Args)]
+struct NodeArgs {
+    /// UDP port to answer STUN Binding requests on (RFC 8489), so that peers behind NATs learn
+    /// their public address from this node; on the IP of the first --listen address. 0 picks a
+    /// free port.
+    #[arg(long, value_name = "PORT", default_value_t = kadrtc::DEFAULT_STUN_PORT, conflicts_with = "no_stun")]
+    stun_port: u16,
+    /// Do not answer STUN.
+    #[arg(long)]
+    no_stun: bool,
+    #[command(flatten)]
+    common: CommonArgs,
 }
 
 #[derive(Debug, Args)]
@@ -102,7 +116,7 @@ fn main() -> ExitCode {
         }
     };
     let json = match &cli.command {
-        Command::Node(args) => args.json,
+        Command::Node(args) => args.common.json,
         Command::Join(args) => args.common.json,
     };
     let out = Output::new(json);
@@ -124,8 +138,23 @@ fn main() -> ExitCode {
     }
 }
 
-async fn start_node(args: &CommonArgs) -> anyhow::Result<Node> {
+async fn start_node(args: &CommonArgs, stun: Option<u16>) -> anyhow::Result<Node> {
     let mut builder = Node::builder();
+    if let Some(port) = stun {
+        // The STUN responder shares the IP of the first TCP listen address.
+        let ip = args
+            .listen
+            .first()
+            .and_then(|addr| {
+                addr.iter().find_map(|protocol| match protocol {
+                    kadrtc::Protocol::Ip4(ip) => Some(std::net::IpAddr::V4(ip)),
+                    kadrtc::Protocol::Ip6(ip) => Some(std::net::IpAddr::V6(ip)),
+                    _ => None,
+                })
+            })
+            .unwrap_or(std::net::IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED));
+        builder = builder.stun(std::net::SocketAddr::new(ip, port));
+    }
     if let Some(path) = &args.identity {
         builder = builder.identity(identity::load_or_create(path)?);
     }
@@ -135,17 +164,22 @@ async fn start_node(args: &CommonArgs) -> anyhow::Result<Node> {
     for addr in &args.bootstrap {
         builder = builder.bootstrap(addr.clone());
     }
-    builder.build().await.context("cannot start the node")
+    builder.build().await.map_err(|error| match error {
+        stun @ kadrtc::NodeError::Stun { .. } => anyhow::Error::new(stun)
+            .context("cannot start the node (choose another port with --stun-port, or --no-stun)"),
+        other => anyhow::Error::new(other).context("cannot start the node"),
+    })
 }
 
-async fn run_node(args: CommonArgs, out: &Output) -> anyhow::Result<()> {
-    let node = start_node(&args).await?;
+async fn run_node(args: NodeArgs, out: &Output) -> anyhow::Result<()> {
+    let stun = (!args.no_stun).then_some(args.stun_port);
+    let node = start_node(&args.common, stun).await?;
     out.ready(&node);
     shutdown_signal().await
 }
 
 async fn run_join(args: JoinArgs, out: &Output) -> anyhow::Result<()> {
-    let node = start_node(&args.common).await?;
+    let node = start_node(&args.common, None).await?;
     out.ready(&node);
     if args.common.bootstrap.is_empty() {
         tracing::warn!("no --bootstrap given: only peers that connect to this node can be found");

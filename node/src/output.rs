@@ -22,14 +22,21 @@ impl Output {
             .iter()
             .map(ToString::to_string)
             .collect();
+        let stun = node.stun_addr().map(|addr| addr.to_string());
         if self.json {
-            self.line(
-                json!({"event": "ready", "peer_id": node.peer_id().to_string(), "listen": listen}),
-            );
+            self.line(json!({
+                "event": "ready",
+                "peer_id": node.peer_id().to_string(),
+                "listen": listen,
+                "stun": stun,
+            }));
         } else {
             self.text(&format!("peer id {}", node.peer_id()));
             for addr in listen {
                 self.text(&format!("listening on {addr}"));
+            }
+            if let Some(stun) = stun {
+                self.text(&format!("answering STUN on udp {stun}"));
             }
         }
     }

@@ -219,6 +219,8 @@ fn bad_multiaddr_is_a_clear_error() {
 fn bootstrap_address_without_peer_id_is_a_clear_error() {
     let (ok, stderr) = run_to_exit(&[
         "node",
+        "--stun-port",
+        "0",
         "--listen",
         "/ip4/127.0.0.1/tcp/0",
         "--bootstrap",
@@ -256,6 +258,8 @@ fn unreadable_identity_file_is_a_clear_error_and_a_new_one_is_created_and_reused
     std::fs::write(&garbage, b"not a key").unwrap();
     let (ok, stderr) = run_to_exit(&[
         "node",
+        "--stun-port",
+        "0",
         "--listen",
         "/ip4/127.0.0.1/tcp/0",
         "--identity",
@@ -272,6 +276,8 @@ fn unreadable_identity_file_is_a_clear_error_and_a_new_one_is_created_and_reused
         "id1",
         &[
             "node",
+            "--stun-port",
+            "0",
             "--listen",
             "/ip4/127.0.0.1/tcp/0",
             "--identity",
@@ -285,6 +291,8 @@ fn unreadable_identity_file_is_a_clear_error_and_a_new_one_is_created_and_reused
         "id2",
         &[
             "node",
+            "--stun-port",
+            "0",
             "--listen",
             "/ip4/127.0.0.1/tcp/0",
             "--identity",
@@ -328,5 +336,57 @@ fn ctrl_c_leaves_the_room_cleanly_and_the_other_member_is_told() {
         exit.success(),
         "clean exit after Ctrl-C: {exit}; {}",
         a.log()
+    );
+}
+
+#[tokio::test]
+async fn node_answers_stun_binding_requests_on_the_port_it_reports() {
+    use rtc_stun::message::{Getter as _, Message, Setter, TransactionId, BINDING_REQUEST};
+    use rtc_stun::xoraddr::XorMappedAddress;
+
+    let mut node = Proc::node("stun-node", None);
+    let ready = node.wait_event("ready");
+    let stun: std::net::SocketAddr = ready["stun"]
+        .as_str()
+        .expect("a STUN address")
+        .parse()
+        .unwrap();
+    assert!(stun.ip().is_loopback(), "on the --listen IP: {stun}");
+
+    let client = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let mut request = Message::new();
+    let setters: [Box<dyn Setter>; 2] = [Box::new(TransactionId::new()), Box::new(BINDING_REQUEST)];
+    request.build(&setters).unwrap();
+    client.send_to(&request.raw, stun).await.unwrap();
+    let mut buf = [0u8; 1500];
+    let (len, _) = tokio::time::timeout(Duration::from_secs(10), client.recv_from(&mut buf))
+        .await
+        .expect("the node answers within the deadline")
+        .unwrap();
+    let mut response = Message::new();
+    response.unmarshal_binary(&buf[..len]).unwrap();
+    let mut mapped = XorMappedAddress::default();
+    mapped.get_from(&response).unwrap();
+    assert_eq!(
+        std::net::SocketAddr::new(mapped.ip, mapped.port),
+        client.local_addr().unwrap()
+    );
+}
+
+#[test]
+fn stun_port_in_use_is_a_clear_error() {
+    let taken = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    let port = taken.local_addr().unwrap().port().to_string();
+    let (ok, stderr) = run_to_exit(&[
+        "node",
+        "--listen",
+        "/ip4/127.0.0.1/tcp/0",
+        "--stun-port",
+        &port,
+    ]);
+    assert!(!ok);
+    assert!(
+        stderr.contains("cannot bind the STUN responder") && stderr.contains("--no-stun"),
+        "{stderr}"
     );
 }

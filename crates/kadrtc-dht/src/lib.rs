@@ -33,6 +33,7 @@
 #![cfg_attr(not(test), deny(clippy::unwrap_used))]
 
 mod event_loop;
+mod stun;
 
 use std::num::NonZeroUsize;
 use std::time::Duration;
@@ -43,6 +44,7 @@ use thiserror::Error;
 use tokio::sync::{mpsc, oneshot};
 
 pub use event_loop::validate_mailbox_record;
+pub use stun::{binding_response, StunServer, DEFAULT_STUN_PORT};
 
 /// Kademlia protocol name: a network of its own, not the IPFS DHT (DESIGN.md, "protocols").
 pub const KAD_PROTOCOL: &str = "/kadrtc/kad/1.0.0";

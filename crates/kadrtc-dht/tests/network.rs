@@ -339,3 +339,36 @@ async fn storing_node_refuses_records_over_the_publisher_rate() {
     );
     assert!(stored >= limit - 5, "an honest rate is stored: {stored}");
 }
+
+#[tokio::test]
+async fn stun_responder_answers_a_binding_request_over_udp_with_the_senders_address() {
+    use rtc_stun::message::{Getter as _, Message, Setter, TransactionId, BINDING_REQUEST};
+    use rtc_stun::xoraddr::XorMappedAddress;
+
+    let server = kadrtc_dht::StunServer::bind("127.0.0.1:0".parse().unwrap())
+        .await
+        .unwrap();
+    let client = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let mut request = Message::new();
+    let setters: [Box<dyn Setter>; 2] = [Box::new(TransactionId::new()), Box::new(BINDING_REQUEST)];
+    request.build(&setters).unwrap();
+    client
+        .send_to(&request.raw, server.local_addr())
+        .await
+        .unwrap();
+    let mut buf = [0u8; 1500];
+    let (len, from) = timeout(Duration::from_secs(5), client.recv_from(&mut buf))
+        .await
+        .expect("an answer within the deadline")
+        .unwrap();
+    assert_eq!(from, server.local_addr());
+    let mut response = Message::new();
+    response.unmarshal_binary(&buf[..len]).unwrap();
+    assert_eq!(response.transaction_id, request.transaction_id);
+    let mut mapped = XorMappedAddress::default();
+    mapped.get_from(&response).unwrap();
+    assert_eq!(
+        std::net::SocketAddr::new(mapped.ip, mapped.port),
+        client.local_addr().unwrap()
+    );
+}

@@ -1,10 +1,10 @@
 //! [`Node`]: one libp2p identity on the kadrtc network, and its builder.
 
 use std::collections::HashSet;
-use std::net::{IpAddr, Ipv4Addr};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::{Arc, Mutex};
 
-use kadrtc_dht::{DhtConfig, DhtError, DhtHandle};
+use kadrtc_dht::{DhtConfig, DhtError, DhtHandle, StunServer};
 use kadrtc_proto::{KeyError, Keypair, RoomId, RoomName, RoomNameError};
 
 use crate::Identity;
@@ -27,6 +27,8 @@ pub(crate) struct NodeInner {
     pub(crate) dht: DhtHandle,
     pub(crate) keypair: Keypair,
     pub(crate) rtc: RtcConfig,
+    /// The STUN responder this node runs for the network's peers, if any.
+    stun: Option<StunServer>,
     /// Rooms joined and not yet fully left; a room may be joined once at a time.
     pub(crate) rooms: Mutex<HashSet<RoomId>>,
 }
@@ -39,6 +41,7 @@ pub struct NodeBuilder {
     bootstrap: Vec<Multiaddr>,
     ice_bind: Vec<IpAddr>,
     ice_servers: Vec<String>,
+    stun: Option<SocketAddr>,
 }
 
 /// Why a [`Node`] could not start.
@@ -51,6 +54,15 @@ pub enum NodeError {
     /// The libp2p node failed to start (listen, transport or bootstrap).
     #[error(transparent)]
     Dht(#[from] DhtError),
+    /// The STUN responder's UDP socket could not be bound.
+    #[error("cannot bind the STUN responder to {addr}: {source}")]
+    Stun {
+        /// The address asked for.
+        addr: SocketAddr,
+        /// The socket error.
+        #[source]
+        source: std::io::Error,
+    },
 }
 
 /// Why [`Node::join`] failed.
@@ -86,6 +98,12 @@ impl Node {
     /// The addresses this node listens on, each ending in `/p2p/<PeerId>`.
     pub fn listen_addrs(&self) -> Vec<Multiaddr> {
         self.inner.dht.listen_addrs()
+    }
+
+    /// The address this node answers STUN Binding requests on, when it runs a responder
+    /// ([`NodeBuilder::stun`]).
+    pub fn stun_addr(&self) -> Option<SocketAddr> {
+        self.inner.stun.as_ref().map(StunServer::local_addr)
     }
 
     /// Joins `room` with default settings: announces presence, discovers members and opens a
@@ -152,6 +170,14 @@ impl NodeBuilder {
         self
     }
 
+    /// Answers STUN Binding requests (RFC 8489) on the UDP address `addr` (port 0 picks one;
+    /// the standard port is [`kadrtc_dht::DEFAULT_STUN_PORT`]), so that peers behind NATs
+    /// learn their public address from this node. Off by default.
+    pub fn stun(mut self, addr: SocketAddr) -> Self {
+        self.stun = Some(addr);
+        self
+    }
+
     /// Starts the node: listens, connects to at least one bootstrap peer (when any is given)
     /// and runs the Kademlia bootstrap.
     ///
@@ -182,6 +208,14 @@ impl NodeBuilder {
         } else {
             self.ice_bind
         };
+        let stun = match self.stun {
+            Some(addr) => Some(
+                StunServer::bind(addr)
+                    .await
+                    .map_err(|source| NodeError::Stun { addr, source })?,
+            ),
+            None => None,
+        };
         let mut config = DhtConfig::new(keypair.clone());
         config.listen = listen;
         config.bootstrap = self.bootstrap;
@@ -194,6 +228,7 @@ impl NodeBuilder {
                     bind_ips: ice_bind,
                     ice_servers: self.ice_servers,
                 },
+                stun,
                 rooms: Mutex::new(HashSet::new()),
             }),
         })

@@ -77,7 +77,15 @@ impl Proc {
     }
 
     pub fn node(name: &str, bootstrap: Option<&str>) -> Self {
-        let mut args = vec!["node", "--listen", "/ip4/127.0.0.1/tcp/0", "--json"];
+        // Tests run in parallel: each node answers STUN on a free port.
+        let mut args = vec![
+            "node",
+            "--listen",
+            "/ip4/127.0.0.1/tcp/0",
+            "--stun-port",
+            "0",
+            "--json",
+        ];
         if let Some(b) = bootstrap {
             args.extend(["--bootstrap", b]);
         }
