@@ -2,9 +2,10 @@
 //! source transport address it saw, so that peers behind NATs learn their server-reflexive
 //! candidates from the network itself rather than from a public STUN server.
 //!
-//! Stateless and bounded: one UDP socket, one datagram buffer, and a response no larger than
-//! the request plus 44 bytes (so the responder amplifies nothing much); anything that is not
-//! a well-formed Binding request is dropped.
+//! Stateless and bounded: one UDP socket, one datagram buffer, and a response of at most 52
+//! bytes (header, XOR-MAPPED-ADDRESS, FINGERPRINT) to a request of at least 20, so a spoofed
+//! request is reflected with little amplification; anything that is not a well-formed Binding
+//! request is dropped.
 
 use std::io;
 use std::net::SocketAddr;
@@ -43,8 +44,10 @@ impl StunServer {
                 let (len, source) = match socket.recv_from(&mut buf).await {
                     Ok(received) => received,
                     Err(error) => {
-                        // ICMP errors of earlier sends surface here on some systems.
+                        // ICMP errors of earlier sends surface here on some systems; a short
+                        // pause keeps a persistent error from spinning the loop.
                         tracing::debug!(%error, "STUN socket receive");
+                        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
                         continue;
                     }
                 };
