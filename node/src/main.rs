@@ -141,19 +141,7 @@ fn main() -> ExitCode {
 async fn start_node(args: &CommonArgs, stun: Option<u16>) -> anyhow::Result<Node> {
     let mut builder = Node::builder();
     if let Some(port) = stun {
-        // The STUN responder shares the IP of the first TCP listen address.
-        let ip = args
-            .listen
-            .first()
-            .and_then(|addr| {
-                addr.iter().find_map(|protocol| match protocol {
-                    kadrtc::Protocol::Ip4(ip) => Some(std::net::IpAddr::V4(ip)),
-                    kadrtc::Protocol::Ip6(ip) => Some(std::net::IpAddr::V6(ip)),
-                    _ => None,
-                })
-            })
-            .unwrap_or(std::net::IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED));
-        builder = builder.stun(std::net::SocketAddr::new(ip, port));
+        builder = builder.stun(port);
     }
     if let Some(path) = &args.identity {
         builder = builder.identity(identity::load_or_create(path)?);

@@ -46,7 +46,6 @@ pub use identity::{Identity, IdentityError};
 pub use kadrtc_dht::DEFAULT_STUN_PORT;
 pub use kadrtc_proto::{BindingError, KeyError, NegotiationConfig};
 pub use kadrtc_rtc::{CandidatePair, CandidateType, MAX_MESSAGE_SIZE};
-pub use libp2p::multiaddr::Protocol;
 pub use libp2p::{Multiaddr, PeerId};
 pub use node::{JoinError, Node, NodeBuilder, NodeError};
 pub use room::{

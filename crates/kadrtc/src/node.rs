@@ -41,7 +41,7 @@ pub struct NodeBuilder {
     bootstrap: Vec<Multiaddr>,
     ice_bind: Vec<IpAddr>,
     ice_servers: Vec<String>,
-    stun: Option<SocketAddr>,
+    stun_port: Option<u16>,
 }
 
 /// Why a [`Node`] could not start.
@@ -170,11 +170,11 @@ impl NodeBuilder {
         self
     }
 
-    /// Answers STUN Binding requests (RFC 8489) on the UDP address `addr` (port 0 picks one;
-    /// the standard port is [`kadrtc_dht::DEFAULT_STUN_PORT`]), so that peers behind NATs
-    /// learn their public address from this node. Off by default.
-    pub fn stun(mut self, addr: SocketAddr) -> Self {
-        self.stun = Some(addr);
+    /// Answers STUN Binding requests (RFC 8489) on UDP `port` (0 picks one; the standard port
+    /// is [`kadrtc_dht::DEFAULT_STUN_PORT`]) at the IP of the first listen address, so that
+    /// peers behind NATs learn their public address from this node. Off by default.
+    pub fn stun(mut self, port: u16) -> Self {
+        self.stun_port = Some(port);
         self
     }
 
@@ -208,12 +208,18 @@ impl NodeBuilder {
         } else {
             self.ice_bind
         };
-        let stun = match self.stun {
-            Some(addr) => Some(
-                StunServer::bind(addr)
+        let stun = match self.stun_port {
+            Some(port) => {
+                let ip = listen
+                    .iter()
+                    .find_map(listen_ip)
+                    .unwrap_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED));
+                let addr = SocketAddr::new(ip, port);
+                let server = StunServer::bind(addr)
                     .await
-                    .map_err(|source| NodeError::Stun { addr, source })?,
-            ),
+                    .map_err(|source| NodeError::Stun { addr, source })?;
+                Some(server)
+            }
             None => None,
         };
         let mut config = DhtConfig::new(keypair.clone());
@@ -239,13 +245,7 @@ impl NodeBuilder {
 /// webrtc-rs leaves out of its interface enumeration.
 fn ice_bind_for(listen: &[Multiaddr]) -> Vec<IpAddr> {
     let mut ips = Vec::new();
-    for addr in listen {
-        let ip = addr.iter().find_map(|p| match p {
-            Protocol::Ip4(ip) => Some(IpAddr::V4(ip)),
-            Protocol::Ip6(ip) => Some(IpAddr::V6(ip)),
-            _ => None,
-        });
-        let Some(ip) = ip else { continue };
+    for ip in listen.iter().filter_map(listen_ip) {
         if !ips.contains(&ip) {
             ips.push(ip);
         }
@@ -263,6 +263,15 @@ fn ice_bind_for(listen: &[Multiaddr]) -> Vec<IpAddr> {
         ips = RtcConfig::all_interfaces().bind_ips;
     }
     ips
+}
+
+/// The IP of a listen multiaddr (`/ip4/…` or `/ip6/…`), if it has one.
+fn listen_ip(addr: &Multiaddr) -> Option<IpAddr> {
+    addr.iter().find_map(|p| match p {
+        Protocol::Ip4(ip) => Some(IpAddr::V4(ip)),
+        Protocol::Ip6(ip) => Some(IpAddr::V6(ip)),
+        _ => None,
+    })
 }
 
 #[cfg(test)]
