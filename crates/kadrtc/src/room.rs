@@ -543,6 +543,24 @@ impl RoomActor {
     }
 
     async fn perform(&mut self, peer: PeerId, action: Action) {
+        if let Action::AcceptOffer {
+            session,
+            sdp,
+            candidates,
+        }
+        | Action::ApplyAnswer {
+            session,
+            sdp,
+            candidates,
+        } = &action
+        {
+            if self
+                .refuse_unparsable(peer, *session, sdp, candidates)
+                .await
+            {
+                return;
+            }
+        }
         match action {
             Action::StartOffer { session } => {
                 tracing::debug!(%peer, %session, "creating offer");
@@ -553,12 +571,6 @@ impl RoomActor {
                 sdp,
                 candidates,
             } => {
-                if self
-                    .refuse_unparsable(peer, session, &sdp, &candidates)
-                    .await
-                {
-                    return;
-                }
                 tracing::debug!(%peer, %session, "accepting offer");
                 self.connect(peer, session, Some((sdp, candidates))).await;
             }
@@ -567,12 +579,6 @@ impl RoomActor {
                 sdp,
                 candidates,
             } => {
-                if self
-                    .refuse_unparsable(peer, session, &sdp, &candidates)
-                    .await
-                {
-                    return;
-                }
                 let Some(entry) = self.peers.get_mut(&peer) else {
                     return;
                 };
