@@ -272,35 +272,25 @@ fn unreadable_identity_file_is_a_clear_error_and_a_new_one_is_created_and_reused
     let fresh = dir.join("fresh.key");
     let _ = std::fs::remove_file(&fresh);
     let path = fresh.to_str().unwrap();
-    let mut first = Proc::spawn(
-        "id1",
-        &[
-            "node",
-            "--stun-port",
-            "0",
-            "--listen",
-            "/ip4/127.0.0.1/tcp/0",
-            "--identity",
-            path,
-            "--json",
-        ],
-    );
+    let start = |name: &str| {
+        Proc::spawn(
+            name,
+            &[
+                "node",
+                "--stun-port",
+                "0",
+                "--listen",
+                "/ip4/127.0.0.1/tcp/0",
+                "--identity",
+                path,
+                "--json",
+            ],
+        )
+    };
+    let mut first = start("id1");
     let (first_id, _) = first.ready();
     drop(first);
-    let mut second = Proc::spawn(
-        "id2",
-        &[
-            "node",
-            "--stun-port",
-            "0",
-            "--listen",
-            "/ip4/127.0.0.1/tcp/0",
-            "--identity",
-            path,
-            "--json",
-        ],
-    );
-    assert_eq!(second.ready().0, first_id);
+    assert_eq!(start("id2").ready().0, first_id);
 }
 
 #[test]
