@@ -73,8 +73,8 @@ impl RoomKey {
     }
 
     /// The key of a room with a passphrase: argon2id over the passphrase, salted by the room
-    /// name, then HKDF as in [`RoomKey::derive`]. Slow on purpose (about 0.35 s and 64 MiB on
-    /// two cores, optimised): run it off the async runtime.
+    /// name, then HKDF as in [`RoomKey::derive`]. Slow on purpose (about 0.13 s and 64 MiB on
+    /// one core, optimised): run it off the async runtime.
     ///
     /// # Errors
     ///

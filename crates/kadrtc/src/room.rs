@@ -1296,7 +1296,7 @@ async fn write_mailbox(
 }
 
 /// The room's sealing key: from the name alone, or through argon2id with the passphrase (on a
-/// blocking thread: it takes about 0.35 s and 64 MiB).
+/// blocking thread: it takes about 0.13 s and 64 MiB).
 async fn room_key(
     name: &RoomName,
     passphrase: Option<&Passphrase>,
