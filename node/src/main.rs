@@ -19,6 +19,9 @@ use crate::output::Output;
 const DEFAULT_LOG_FILTER: &str =
     "warn,rtc=error,rtc_dtls=error,rtc_ice=error,rtc_sctp=error,webrtc=error";
 
+/// Largest --relay-rate: its value in bytes must fit in 32 bits.
+const MAX_RELAY_RATE_KIB: i64 = (u32::MAX / 1024) as i64;
+
 #[derive(Debug, Parser)]
 #[command(
     name = "kadrtc",
@@ -69,7 +72,36 @@ struct NodeArgs {
     #[arg(long)]
     no_stun: bool,
     #[command(flatten)]
+    relay: RelayArgs,
+    #[command(flatten)]
     common: CommonArgs,
+}
+
+#[derive(Debug, Args)]
+struct RelayArgs {
+    /// Volunteer a TURN relay (RFC 8656) for peers that find no direct path (for example both
+    /// behind symmetric NATs). Connected peers get short-lived credentials over libp2p; there
+    /// is no password to configure. The relay forwards only DTLS-encrypted bytes.
+    #[arg(long)]
+    relay: bool,
+    /// UDP port the relay listens on, on the IP of the first --listen address.
+    #[arg(long, value_name = "PORT", default_value_t = kadrtc::DEFAULT_TURN_PORT, requires = "relay")]
+    relay_port: u16,
+    /// IP that peers send relayed traffic to; needed when --listen is 0.0.0.0.
+    #[arg(long, value_name = "IP", requires = "relay")]
+    relay_ip: Option<std::net::IpAddr>,
+    /// Most relay allocations (peer connections through this relay) at once.
+    #[arg(long, value_name = "N", default_value_t = kadrtc::DEFAULT_MAX_ALLOCATIONS, requires = "relay")]
+    relay_max_allocations: usize,
+    /// Most KiB per second one allocation relays in each direction; more is dropped.
+    #[arg(
+        long,
+        value_name = "KIB",
+        default_value_t = kadrtc::DEFAULT_BYTES_PER_SECOND / 1024,
+        value_parser = clap::value_parser!(u32).range(1..=MAX_RELAY_RATE_KIB),
+        requires = "relay"
+    )]
+    relay_rate: u32,
 }
 
 #[derive(Debug, Args)]
@@ -94,6 +126,11 @@ struct JoinArgs {
     /// Only connect to this peer (repeatable); envelopes from any other peer are ignored.
     #[arg(long, value_name = "PEERID", value_parser = parse_peer_id)]
     allow: Vec<PeerId>,
+    /// Also use this STUN server (repeatable), for example stun:192.0.2.1:3478. By default
+    /// only the STUN and TURN servers of the kadrtc nodes this peer is connected to are used,
+    /// never a public one.
+    #[arg(long, value_name = "URL", value_parser = parse_stun_url)]
+    stun: Vec<String>,
     #[command(flatten)]
     common: CommonArgs,
 }
@@ -138,10 +175,28 @@ fn main() -> ExitCode {
     }
 }
 
-async fn start_node(args: &CommonArgs, stun: Option<u16>) -> anyhow::Result<Node> {
+async fn start_node(
+    args: &CommonArgs,
+    stun: Option<u16>,
+    relay: Option<&RelayArgs>,
+    stun_urls: &[String],
+) -> anyhow::Result<Node> {
     let mut builder = Node::builder();
     if let Some(port) = stun {
         builder = builder.stun(port);
+    }
+    if let Some(relay) = relay.filter(|r| r.relay) {
+        let bytes_per_second = std::num::NonZeroU32::new(relay.relay_rate.saturating_mul(1024))
+            .context("--relay-rate must be at least 1")?;
+        builder = builder
+            .relay(relay.relay_port)
+            .relay_limits(relay.relay_max_allocations, bytes_per_second);
+        if let Some(ip) = relay.relay_ip {
+            builder = builder.relay_ip(ip);
+        }
+    }
+    for url in stun_urls {
+        builder = builder.ice_server(url.clone());
     }
     if let Some(path) = &args.identity {
         builder = builder.identity(identity::load_or_create(path)?);
@@ -155,19 +210,24 @@ async fn start_node(args: &CommonArgs, stun: Option<u16>) -> anyhow::Result<Node
     builder.build().await.map_err(|error| match error {
         stun @ kadrtc::NodeError::Stun { .. } => anyhow::Error::new(stun)
             .context("cannot start the node (choose another port with --stun-port, or --no-stun)"),
+        relay @ kadrtc::NodeError::Relay { .. } => anyhow::Error::new(relay)
+            .context("cannot start the node (choose another port with --relay-port)"),
+        kadrtc::NodeError::RelayIpUnknown => anyhow::anyhow!(
+            "cannot start the relay: it needs the IP peers reach this node at; give --relay-ip IP or --listen /ip4/IP/tcp/PORT"
+        ),
         other => anyhow::Error::new(other).context("cannot start the node"),
     })
 }
 
 async fn run_node(args: NodeArgs, out: &Output) -> anyhow::Result<()> {
     let stun = (!args.no_stun).then_some(args.stun_port);
-    let node = start_node(&args.common, stun).await?;
+    let node = start_node(&args.common, stun, Some(&args.relay), &[]).await?;
     out.ready(&node);
     shutdown_signal().await
 }
 
 async fn run_join(args: JoinArgs, out: &Output) -> anyhow::Result<()> {
-    let node = start_node(&args.common, None).await?;
+    let node = start_node(&args.common, None, None, &args.stun).await?;
     out.ready(&node);
     if args.common.bootstrap.is_empty() {
         tracing::warn!("no --bootstrap given: only peers that connect to this node can be found");
@@ -253,6 +313,22 @@ async fn shutdown_signal() -> anyhow::Result<()> {
     tokio::select! {
         result = tokio::signal::ctrl_c() => result.context("cannot listen for Ctrl-C"),
         _ = terminate.recv() => Ok(()),
+    }
+}
+
+/// A `stun:host:port` URL (RFC 7064), checked for its scheme and port so that a typo fails
+/// here and not silently at ICE gathering.
+fn parse_stun_url(text: &str) -> Result<String, String> {
+    let expected = "expected for example stun:192.0.2.1:3478";
+    let rest = text.strip_prefix("stun:").ok_or_else(|| {
+        format!("invalid STUN URL {text:?}: it must start with stun: ({expected})")
+    })?;
+    let port = rest.rsplit_once(':').map(|(_, port)| port);
+    match port.map(str::parse::<u16>) {
+        Some(Ok(port)) if port != 0 => Ok(text.to_string()),
+        _ => Err(format!(
+            "invalid STUN URL {text:?}: it needs a port ({expected})"
+        )),
     }
 }
 

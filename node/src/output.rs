@@ -23,12 +23,14 @@ impl Output {
             .map(ToString::to_string)
             .collect();
         let stun = node.stun_addr().map(|addr| addr.to_string());
+        let relay = node.relay_addr().map(|addr| addr.to_string());
         if self.json {
             self.line(json!({
                 "event": "ready",
                 "peer_id": node.peer_id().to_string(),
                 "listen": listen,
                 "stun": stun,
+                "relay": relay,
             }));
         } else {
             self.text(&format!("peer id {}", node.peer_id()));
@@ -37,6 +39,9 @@ impl Output {
             }
             if let Some(stun) = stun {
                 self.text(&format!("answering STUN on udp {stun}"));
+            }
+            if let Some(relay) = relay {
+                self.text(&format!("relaying TURN on udp {relay}"));
             }
         }
     }
@@ -117,6 +122,7 @@ impl Output {
                     RoomError::Rtc(_) => "webrtc",
                     RoomError::WrongPassphrase => "wrong_passphrase",
                     RoomError::ChannelBinding(_) => "channel_binding",
+                    RoomError::NoPath { .. } => "no_path",
                     _ => "other",
                 };
                 let message = match peer {

@@ -2,8 +2,9 @@
 //! events until every handle is dropped.
 
 use std::collections::{HashMap, HashSet};
+use std::net::IpAddr;
 use std::num::NonZeroU32;
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use futures::StreamExt;
 use governor::{DefaultKeyedRateLimiter, Quota};
@@ -16,12 +17,16 @@ use libp2p::{
     gossipsub, identify,
     kad::{self, store::MemoryStore, store::RecordStore as _},
     multiaddr::Protocol,
-    noise, ping,
+    noise, ping, request_response,
     swarm::{NetworkBehaviour, SwarmEvent},
     tcp, yamux, Multiaddr, PeerId, StreamProtocol, Swarm,
 };
 use tokio::sync::{mpsc, oneshot};
 
+use crate::ice::{
+    IceRequest, IceResponse, IceService, NodeIceServers, ICE_PROTOCOL, ICE_REQUEST_TIMEOUT,
+    MAX_ICE_MESSAGE_SIZE,
+};
 use crate::{
     Command, DhtConfig, DhtError, TopicEvent, IDENTIFY_PROTOCOL, IDLE_CONNECTION_TIMEOUT,
     INVALID_MESSAGE_WEIGHT, KAD_PROTOCOL, MAX_CONNECTIONS_PER_PEER, MAX_INCOMING_CONNECTIONS,
@@ -49,6 +54,7 @@ struct Behaviour {
     gossipsub: gossipsub::Behaviour,
     identify: identify::Behaviour,
     ping: ping::Behaviour,
+    ice: request_response::json::Behaviour<IceRequest, IceResponse>,
 }
 
 struct EventLoop {
@@ -62,6 +68,17 @@ struct EventLoop {
     record_rate: PublisherRate,
     provider_rate: PublisherRate,
     topic_rate: PublisherRate,
+    /// What this node serves on [`ICE_PROTOCOL`].
+    ice_service: IceService,
+    pending_ice: HashMap<request_response::OutboundRequestId, PendingIce>,
+    /// The IP each connected peer was reached at (its most recent connection).
+    peer_ips: HashMap<PeerId, IpAddr>,
+}
+
+/// An [`ICE_PROTOCOL`] request in flight.
+struct PendingIce {
+    peer: PeerId,
+    reply: oneshot::Sender<Result<NodeIceServers, DhtError>>,
 }
 
 /// Per-publisher rate limit over a one-minute quota, tracking at most
@@ -124,6 +141,7 @@ pub(crate) async fn start(
     // Wait until every listener has an address and, when bootstrapping, one bootstrap peer
     // is connected.
     let mut addrs = Vec::new();
+    let mut peer_ips = HashMap::new();
     let mut connected = bootstrap_peers.is_empty();
     // Every bootstrap address is one dial; give up early only when all of them failed.
     let mut dials_in_flight = config.bootstrap.len() - dial_errors.len();
@@ -148,8 +166,11 @@ pub(crate) async fn start(
                         reason: format!("{reason:?}"),
                     });
                 }
-                SwarmEvent::ConnectionEstablished { peer_id, .. } if bootstrap_peers.contains(&peer_id) => {
-                    connected = true;
+                SwarmEvent::ConnectionEstablished { peer_id, endpoint, .. } => {
+                    if let Some(ip) = ip_of(endpoint.get_remote_address()) {
+                        peer_ips.insert(peer_id, ip);
+                    }
+                    connected |= bootstrap_peers.contains(&peer_id);
                 }
                 SwarmEvent::OutgoingConnectionError { peer_id: Some(peer), error, .. } if bootstrap_peers.contains(&peer) => {
                     dial_errors.push(format!("{peer}: {error}"));
@@ -194,6 +215,9 @@ pub(crate) async fn start(
         record_rate: PublisherRate::per_minute(MAX_RECORDS_PER_PUBLISHER_PER_MINUTE),
         provider_rate: PublisherRate::per_minute(MAX_PROVIDER_RECORDS_PER_PUBLISHER_PER_MINUTE),
         topic_rate: PublisherRate::per_minute(MAX_TOPIC_MESSAGES_PER_AUTHOR_PER_MINUTE),
+        ice_service: config.ice.clone(),
+        pending_ice: HashMap::new(),
+        peer_ips,
     };
     tokio::spawn(event_loop.run());
     Ok(addrs)
@@ -219,6 +243,15 @@ pub fn validate_mailbox_record(
     let envelope = Envelope::decode(value, now)?;
     envelope.check_mailbox_key(key)?;
     Ok(envelope)
+}
+
+/// The IP of a connection's remote address.
+fn ip_of(addr: &Multiaddr) -> Option<IpAddr> {
+    addr.iter().find_map(|p| match p {
+        Protocol::Ip4(ip) => Some(IpAddr::V4(ip)),
+        Protocol::Ip6(ip) => Some(IpAddr::V6(ip)),
+        _ => None,
+    })
 }
 
 fn build_swarm(config: &DhtConfig) -> Result<Swarm<Behaviour>, DhtError> {
@@ -283,12 +316,23 @@ fn build_swarm(config: &DhtConfig) -> Result<Swarm<Behaviour>, DhtError> {
                     .with_max_pending_incoming(Some(MAX_PENDING_INCOMING_CONNECTIONS))
                     .with_max_established_per_peer(Some(MAX_CONNECTIONS_PER_PEER)),
             );
+            let ice = request_response::json::Behaviour::with_codec(
+                request_response::json::codec::Codec::default()
+                    .set_request_size_maximum(MAX_ICE_MESSAGE_SIZE)
+                    .set_response_size_maximum(MAX_ICE_MESSAGE_SIZE),
+                [(
+                    StreamProtocol::new(ICE_PROTOCOL),
+                    request_response::ProtocolSupport::Full,
+                )],
+                request_response::Config::default().with_request_timeout(ICE_REQUEST_TIMEOUT),
+            );
             Ok(Behaviour {
                 limits,
                 kad,
                 gossipsub,
                 identify,
                 ping: ping::Behaviour::default(),
+                ice,
             })
         })
         .map_err(|e| DhtError::Transport(e.to_string()))?
@@ -404,6 +448,70 @@ impl EventLoop {
             Command::PeerScore { peer, reply } => {
                 let _ = reply.send(behaviour.gossipsub.peer_score(&peer));
             }
+            Command::IceServers { peer, reply } => {
+                if !self.peer_ips.contains_key(&peer) {
+                    let _ = reply.send(Err(DhtError::Ice(format!("not connected to {peer}"))));
+                    return;
+                }
+                let id = behaviour.ice.send_request(&peer, IceRequest::default());
+                self.pending_ice.insert(id, PendingIce { peer, reply });
+            }
+        }
+    }
+
+    fn handle_ice_event(&mut self, event: request_response::Event<IceRequest, IceResponse>) {
+        use request_response::{Event, Message};
+        match event {
+            Event::Message {
+                peer,
+                message: Message::Request { channel, .. },
+                ..
+            } => {
+                tracing::debug!(%peer, "ICE servers asked for");
+                let answer = self.ice_service.answer();
+                if self
+                    .swarm
+                    .behaviour_mut()
+                    .ice
+                    .send_response(channel, answer)
+                    .is_err()
+                {
+                    tracing::debug!(%peer, "ICE answer not sent: connection gone");
+                }
+            }
+            Event::Message {
+                message:
+                    Message::Response {
+                        request_id,
+                        response,
+                    },
+                ..
+            } => {
+                let Some(PendingIce { peer, reply }) = self.pending_ice.remove(&request_id) else {
+                    return;
+                };
+                let result = match self.peer_ips.get(&peer) {
+                    Some(ip) => response
+                        .servers_at(*ip, SystemTime::now())
+                        .map_err(|error| {
+                            tracing::warn!(%peer, %error, "malformed ICE answer refused");
+                            DhtError::Ice(format!("malformed answer from {peer}: {error}"))
+                        }),
+                    None => Err(DhtError::Ice(format!("{peer} disconnected"))),
+                };
+                let _ = reply.send(result);
+            }
+            Event::OutboundFailure {
+                request_id, error, ..
+            } => {
+                if let Some(PendingIce { peer, reply }) = self.pending_ice.remove(&request_id) {
+                    let _ = reply.send(Err(DhtError::Ice(format!("{peer}: {error}"))));
+                }
+            }
+            Event::InboundFailure { peer, error, .. } => {
+                tracing::debug!(%peer, %error, "ICE request not answered");
+            }
+            Event::ResponseSent { .. } => {}
         }
     }
 
@@ -426,13 +534,26 @@ impl EventLoop {
             SwarmEvent::NewListenAddr { address, .. } => {
                 tracing::debug!(%address, "listening");
             }
+            SwarmEvent::Behaviour(BehaviourEvent::Ice(event)) => self.handle_ice_event(event),
             SwarmEvent::ConnectionEstablished {
                 peer_id, endpoint, ..
             } => {
-                tracing::debug!(%peer_id, addr = %endpoint.get_remote_address(), "connected");
+                let addr = endpoint.get_remote_address();
+                tracing::debug!(%peer_id, %addr, "connected");
+                if let Some(ip) = ip_of(addr) {
+                    self.peer_ips.insert(peer_id, ip);
+                }
             }
-            SwarmEvent::ConnectionClosed { peer_id, cause, .. } => {
+            SwarmEvent::ConnectionClosed {
+                peer_id,
+                cause,
+                num_established,
+                ..
+            } => {
                 tracing::debug!(%peer_id, ?cause, "connection closed");
+                if num_established == 0 {
+                    self.peer_ips.remove(&peer_id);
+                }
             }
             _ => {}
         }

@@ -33,7 +33,9 @@
 #![cfg_attr(not(test), deny(clippy::unwrap_used))]
 
 mod event_loop;
+mod ice;
 mod stun;
+mod turn;
 
 use std::num::NonZeroUsize;
 use std::time::Duration;
@@ -44,7 +46,15 @@ use thiserror::Error;
 use tokio::sync::{mpsc, oneshot};
 
 pub use event_loop::validate_mailbox_record;
+pub use ice::{
+    IceAnswerError, IceService, NodeIceServers, ICE_PROTOCOL, ICE_REQUEST_TIMEOUT,
+    MAX_ICE_MESSAGE_SIZE,
+};
 pub use stun::{binding_response, StunServer, DEFAULT_STUN_PORT};
+pub use turn::{
+    RelayConfig, TurnCredentials, TurnRelay, DEFAULT_BYTES_PER_SECOND, DEFAULT_MAX_ALLOCATIONS,
+    DEFAULT_TURN_PORT, TURN_CREDENTIAL_LIFETIME, TURN_REALM,
+};
 
 /// Kademlia protocol name: a network of its own, not the IPFS DHT (DESIGN.md, "protocols").
 pub const KAD_PROTOCOL: &str = "/kadrtc/kad/1.0.0";
@@ -113,6 +123,9 @@ pub struct DhtConfig {
     pub bootstrap_timeout: Duration,
     /// See [`DEFAULT_QUERY_TIMEOUT`].
     pub query_timeout: Duration,
+    /// The STUN and TURN servers this node offers its peers on [`ICE_PROTOCOL`]; none by
+    /// default.
+    pub ice: IceService,
 }
 
 /// A cheap, cloneable handle to the event loop that owns the swarm of a running DHT node.
@@ -185,6 +198,10 @@ pub enum DhtError {
     /// Subscribing to a topic failed.
     #[error("subscribe failed: {0}")]
     Subscribe(String),
+    /// Asking a node for its STUN and TURN servers failed (not connected, no answer, or a
+    /// malformed one).
+    #[error("ICE servers request failed: {0}")]
+    Ice(String),
     /// The event loop has stopped.
     #[error("the DHT node has stopped")]
     Stopped,
@@ -232,6 +249,10 @@ enum Command {
         peer: PeerId,
         reply: oneshot::Sender<Option<f64>>,
     },
+    IceServers {
+        peer: PeerId,
+        reply: oneshot::Sender<Result<NodeIceServers, DhtError>>,
+    },
 }
 
 impl DhtConfig {
@@ -245,6 +266,7 @@ impl DhtConfig {
                 .unwrap_or(NonZeroUsize::MIN),
             bootstrap_timeout: DEFAULT_BOOTSTRAP_TIMEOUT,
             query_timeout: DEFAULT_QUERY_TIMEOUT,
+            ice: IceService::default(),
         }
     }
 
@@ -409,6 +431,19 @@ impl DhtHandle {
     pub async fn peer_score(&self, peer: PeerId) -> Result<Option<f64>, DhtError> {
         self.request(|reply| Command::PeerScore { peer, reply })
             .await
+    }
+
+    /// Asks the connected node `peer` for its STUN and TURN servers over [`ICE_PROTOCOL`]
+    /// (fresh relay credentials included); addresses use the IP this node reached it at.
+    ///
+    /// # Errors
+    ///
+    /// [`DhtError::Ice`] when `peer` is not connected, does not answer within
+    /// [`ICE_REQUEST_TIMEOUT`], does not speak the protocol, or answers with malformed
+    /// fields.
+    pub async fn ice_servers(&self, peer: PeerId) -> Result<NodeIceServers, DhtError> {
+        self.request(|reply| Command::IceServers { peer, reply })
+            .await?
     }
 
     async fn request<T>(

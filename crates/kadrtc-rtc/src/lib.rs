@@ -33,6 +33,7 @@ use std::fmt;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
+use std::time::Duration;
 
 use bytes::BytesMut;
 use thiserror::Error;
@@ -56,6 +57,14 @@ pub const DEFAULT_SEND_BUFFER_LIMIT: usize = 1024 * 1024;
 /// WebRTC implementation interoperates with (RFC 8831 §6.6 recommends staying at or below it).
 pub const MAX_MESSAGE_SIZE: usize = 64 * 1024;
 
+/// How long ICE goes without a working candidate pair before the connection state becomes
+/// `disconnected` (webrtc-rs's default).
+pub const ICE_DISCONNECTED_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long after `disconnected` ICE gives up (`failed`): with [`ICE_DISCONNECTED_TIMEOUT`],
+/// a connection that never finds a path fails 10 s after checking starts (webrtc-rs's default
+/// 25 s would make that 30 s).
+pub const ICE_FAILED_TIMEOUT: Duration = Duration::from_secs(5);
+
 /// Where and how peer connections gather candidates.
 #[derive(Debug, Clone)]
 pub struct RtcConfig {
@@ -64,8 +73,61 @@ pub struct RtcConfig {
     /// addresses are bound and offered as host candidates too, which webrtc-rs skips by
     /// default (DESIGN.md facts), so peers on 127.0.0.1 can connect.
     pub bind_ips: Vec<IpAddr>,
-    /// STUN/TURN server URLs (`stun:host:port`); empty by default: no public server is used.
-    pub ice_servers: Vec<String>,
+    /// STUN and TURN servers; empty by default: no public server is used.
+    pub ice_servers: Vec<IceServer>,
+}
+
+/// One STUN or TURN server for ICE gathering (the `RTCIceServer` dictionary of W3C WebRTC
+/// §4.2.4).
+#[derive(Clone, PartialEq, Eq)]
+pub struct IceServer {
+    /// `stun:host:port` (RFC 7064) or `turn:host:port?transport=udp` (RFC 7065).
+    pub url: String,
+    /// TURN username; empty for STUN.
+    pub username: String,
+    /// TURN password; empty for STUN.
+    pub credential: String,
+}
+
+impl IceServer {
+    /// A STUN server at `addr`.
+    pub fn stun(addr: SocketAddr) -> Self {
+        Self::url(format!("stun:{addr}"))
+    }
+
+    /// A TURN server at `addr` over UDP, with long-term credentials (RFC 8489 §9.2).
+    pub fn turn(addr: SocketAddr, username: String, credential: String) -> Self {
+        Self {
+            url: format!("turn:{addr}?transport=udp"),
+            username,
+            credential,
+        }
+    }
+
+    /// A server given by URL alone (no credentials).
+    pub fn url(url: impl Into<String>) -> Self {
+        Self {
+            url: url.into(),
+            username: String::new(),
+            credential: String::new(),
+        }
+    }
+
+    /// Whether this is a TURN server (`turn:` or `turns:`): one that gives relay candidates.
+    pub fn is_turn(&self) -> bool {
+        self.url.starts_with("turn:") || self.url.starts_with("turns:")
+    }
+}
+
+/// The credential is a secret: shown redacted.
+impl fmt::Debug for IceServer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("IceServer")
+            .field("url", &self.url)
+            .field("username", &self.username)
+            .field("credential", &"<redacted>")
+            .finish()
+    }
 }
 
 /// How a candidate reaches its host (RFC 8445 §5.1.1): the kind of path a candidate pair
@@ -106,6 +168,10 @@ pub enum RtcEvent {
     Message(Vec<u8>),
     /// The data channel closed.
     ChannelClosed,
+    /// ICE found no working candidate pair within [`ICE_DISCONNECTED_TIMEOUT`] +
+    /// [`ICE_FAILED_TIMEOUT`] of checking, or lost the one it had for as long (RFC 8445
+    /// §8.1: the ICE connection state `failed`). [`RtcEvent::Failed`] follows.
+    IceFailed,
     /// The peer connection failed (ICE or DTLS) or was closed.
     Failed(String),
 }
@@ -208,15 +274,21 @@ impl PeerConnection {
                 config
                     .ice_servers
                     .iter()
-                    .map(|url| RTCIceServer {
-                        urls: vec![url.clone()],
-                        ..Default::default()
+                    .map(|server| RTCIceServer {
+                        urls: vec![server.url.clone()],
+                        username: server.username.clone(),
+                        credential: server.credential.clone(),
                     })
                     .collect(),
             )
             .build();
         let settings = SettingEngineBuilder::new()
             .with_include_loopback_candidate(true)
+            .with_ice_timeouts(
+                Some(ICE_DISCONNECTED_TIMEOUT),
+                Some(ICE_FAILED_TIMEOUT),
+                None,
+            )
             .build();
         let bind: Vec<SocketAddr> = config
             .bind_ips
@@ -486,6 +558,9 @@ impl<T: Clone + Send + Sync + 'static> PeerConnectionEventHandler for Handler<T>
 
     async fn on_ice_connection_state_change(&self, state: RTCIceConnectionState) {
         tracing::debug!(%state, "ICE connection state");
+        if state == RTCIceConnectionState::Failed {
+            self.emit(RtcEvent::IceFailed).await;
+        }
     }
 
     async fn on_connection_state_change(&self, state: RTCPeerConnectionState) {

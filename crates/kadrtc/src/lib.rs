@@ -38,14 +38,17 @@
 #![deny(missing_docs)]
 #![cfg_attr(not(test), deny(clippy::unwrap_used))]
 
+mod ice;
 mod identity;
 mod node;
 mod room;
 
 pub use identity::{Identity, IdentityError};
-pub use kadrtc_dht::DEFAULT_STUN_PORT;
+pub use kadrtc_dht::{
+    DEFAULT_BYTES_PER_SECOND, DEFAULT_MAX_ALLOCATIONS, DEFAULT_STUN_PORT, DEFAULT_TURN_PORT,
+};
 pub use kadrtc_proto::{BindingError, KeyError, NegotiationConfig};
-pub use kadrtc_rtc::{CandidatePair, CandidateType, MAX_MESSAGE_SIZE};
+pub use kadrtc_rtc::{CandidatePair, CandidateType, IceServer, MAX_MESSAGE_SIZE};
 pub use libp2p::{Multiaddr, PeerId};
 pub use node::{JoinError, Node, NodeBuilder, NodeError};
 pub use room::{

@@ -2,13 +2,18 @@
 
 use std::collections::HashSet;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::num::NonZeroU32;
 use std::sync::{Arc, Mutex};
 
-use kadrtc_dht::{DhtConfig, DhtError, DhtHandle, StunServer};
+use kadrtc_dht::{
+    DhtConfig, DhtError, DhtHandle, IceService, RelayConfig, StunServer, TurnRelay,
+    DEFAULT_BYTES_PER_SECOND, DEFAULT_MAX_ALLOCATIONS,
+};
 use kadrtc_proto::{KeyError, Keypair, RoomId, RoomName, RoomNameError};
 
+use crate::ice::NetworkIce;
 use crate::Identity;
-use kadrtc_rtc::RtcConfig;
+use kadrtc_rtc::{IceServer, RtcConfig};
 use libp2p::multiaddr::Protocol;
 use libp2p::{Multiaddr, PeerId};
 use thiserror::Error;
@@ -26,9 +31,14 @@ pub struct Node {
 pub(crate) struct NodeInner {
     pub(crate) dht: DhtHandle,
     pub(crate) keypair: Keypair,
-    pub(crate) rtc: RtcConfig,
+    /// Local IPs WebRTC binds.
+    bind_ips: Vec<IpAddr>,
+    /// The STUN and TURN servers peer connections use.
+    pub(crate) ice: NetworkIce,
     /// The STUN responder this node runs for the network's peers, if any.
     stun: Option<StunServer>,
+    /// The TURN relay this node volunteers, if any.
+    relay: Option<Arc<TurnRelay>>,
     /// Rooms joined and not yet fully left; a room may be joined once at a time.
     pub(crate) rooms: Mutex<HashSet<RoomId>>,
 }
@@ -42,6 +52,16 @@ pub struct NodeBuilder {
     ice_bind: Vec<IpAddr>,
     ice_servers: Vec<String>,
     stun_port: Option<u16>,
+    relay: Option<RelayOptions>,
+}
+
+/// How [`NodeBuilder::relay`] was configured.
+#[derive(Debug, Clone, Copy)]
+struct RelayOptions {
+    port: u16,
+    relay_ip: Option<IpAddr>,
+    max_allocations: usize,
+    bytes_per_second: NonZeroU32,
 }
 
 /// Why a [`Node`] could not start.
@@ -63,6 +83,19 @@ pub enum NodeError {
         #[source]
         source: std::io::Error,
     },
+    /// The TURN relay could not start.
+    #[error("cannot start the TURN relay on {addr}: {source}")]
+    Relay {
+        /// The address asked for.
+        addr: SocketAddr,
+        /// The socket or server error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The relay needs an IP peers can reach, and the first listen address does not name one
+    /// (it is `0.0.0.0` or has no IP).
+    #[error("the TURN relay needs the IP peers reach this node at: listen on a specific IP or set the relay IP")]
+    RelayIpUnknown,
 }
 
 /// Why [`Node::join`] failed.
@@ -104,6 +137,20 @@ impl Node {
     /// ([`NodeBuilder::stun`]).
     pub fn stun_addr(&self) -> Option<SocketAddr> {
         self.inner.stun.as_ref().map(StunServer::local_addr)
+    }
+
+    /// The address this node's TURN relay listens on, when it runs one
+    /// ([`NodeBuilder::relay`]).
+    pub fn relay_addr(&self) -> Option<SocketAddr> {
+        self.inner.relay.as_ref().map(|relay| relay.local_addr())
+    }
+
+    /// The STUN and TURN servers this node's peer connections use now: those given with
+    /// [`NodeBuilder::ice_server`] and those learnt from connected nodes (see
+    /// [`NodeBuilder::ice_server`]). Asks the connected nodes again when what it knows is
+    /// stale.
+    pub async fn ice_servers(&self) -> Vec<IceServer> {
+        self.inner.rtc_config().await.ice_servers
     }
 
     /// Joins `room` with default settings: announces presence, discovers members and opens a
@@ -163,8 +210,12 @@ impl NodeBuilder {
         self
     }
 
-    /// Adds a STUN or TURN server URL (`stun:host:port`). None by default: kadrtc uses no
-    /// public server unless told to.
+    /// Adds a STUN server URL (`stun:host:port`, RFC 7064) for every peer connection.
+    ///
+    /// Without it, a node uses no public server: its peer connections use the STUN and TURN
+    /// servers of the kadrtc nodes it is connected to, learnt over `/kadrtc/ice/1.0.0` (at
+    /// most 3 STUN servers and 2 relays, asked again after a minute or before relay
+    /// credentials expire).
     pub fn ice_server(mut self, url: impl Into<String>) -> Self {
         self.ice_servers.push(url.into());
         self
@@ -175,6 +226,43 @@ impl NodeBuilder {
     /// peers behind NATs learn their public address from this node. Off by default.
     pub fn stun(mut self, port: u16) -> Self {
         self.stun_port = Some(port);
+        self
+    }
+
+    /// Runs a TURN relay (RFC 8656) on UDP `port` (0 picks one; the documented default is
+    /// [`kadrtc_dht::DEFAULT_TURN_PORT`]) at the IP of the first listen address, for peers
+    /// that find no direct path. Connected peers get short-lived credentials over the
+    /// authenticated libp2p protocol `/kadrtc/ice/1.0.0`. Bounded to
+    /// [`DEFAULT_MAX_ALLOCATIONS`] allocations of [`DEFAULT_BYTES_PER_SECOND`] each way
+    /// unless set with [`NodeBuilder::relay_limits`]. Off by default.
+    pub fn relay(mut self, port: u16) -> Self {
+        let options = self.relay.get_or_insert(RelayOptions {
+            port,
+            relay_ip: None,
+            max_allocations: DEFAULT_MAX_ALLOCATIONS,
+            bytes_per_second: NonZeroU32::new(DEFAULT_BYTES_PER_SECOND).unwrap_or(NonZeroU32::MIN),
+        });
+        options.port = port;
+        self
+    }
+
+    /// The IP relayed traffic goes to, when the first listen address does not name it (for
+    /// example when listening on `0.0.0.0`). Needs [`NodeBuilder::relay`].
+    pub fn relay_ip(mut self, ip: IpAddr) -> Self {
+        if let Some(options) = self.relay.as_mut() {
+            options.relay_ip = Some(ip);
+        }
+        self
+    }
+
+    /// The relay's bounds: allocations held at once, and bytes per second each allocation
+    /// relays in each direction (datagrams beyond it are dropped). Needs
+    /// [`NodeBuilder::relay`].
+    pub fn relay_limits(mut self, max_allocations: usize, bytes_per_second: NonZeroU32) -> Self {
+        if let Some(options) = self.relay.as_mut() {
+            options.max_allocations = max_allocations;
+            options.bytes_per_second = bytes_per_second;
+        }
         self
     }
 
@@ -208,13 +296,13 @@ impl NodeBuilder {
         } else {
             self.ice_bind
         };
+        let first_ip = listen
+            .iter()
+            .find_map(listen_ip)
+            .unwrap_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED));
         let stun = match self.stun_port {
             Some(port) => {
-                let ip = listen
-                    .iter()
-                    .find_map(listen_ip)
-                    .unwrap_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED));
-                let addr = SocketAddr::new(ip, port);
+                let addr = SocketAddr::new(first_ip, port);
                 let server = StunServer::bind(addr)
                     .await
                     .map_err(|source| NodeError::Stun { addr, source })?;
@@ -222,23 +310,66 @@ impl NodeBuilder {
             }
             None => None,
         };
+        let relay = match self.relay {
+            Some(options) => Some(Arc::new(start_relay(options, first_ip).await?)),
+            None => None,
+        };
         let mut config = DhtConfig::new(keypair.clone());
         config.listen = listen;
         config.bootstrap = self.bootstrap;
+        config.ice = IceService {
+            stun_port: stun.as_ref().map(|s| s.local_addr().port()),
+            relay: relay.clone(),
+        };
         let dht = DhtHandle::spawn(config).await?;
-        Ok(Node {
-            inner: Arc::new(NodeInner {
-                dht,
-                keypair,
-                rtc: RtcConfig {
-                    bind_ips: ice_bind,
-                    ice_servers: self.ice_servers,
-                },
-                stun,
-                rooms: Mutex::new(HashSet::new()),
-            }),
-        })
+        let ice = NetworkIce::new(self.ice_servers.into_iter().map(IceServer::url).collect());
+        let inner = Arc::new(NodeInner {
+            dht,
+            keypair,
+            bind_ips: ice_bind,
+            ice,
+            stun,
+            relay,
+            rooms: Mutex::new(HashSet::new()),
+        });
+        // Learn the connected nodes' servers now, so that the first peer connection need not
+        // wait for them.
+        let early = inner.clone();
+        tokio::spawn(async move { early.rtc_config().await });
+        Ok(Node { inner })
     }
+}
+
+impl NodeInner {
+    /// The configuration for a new peer connection: this node's bind IPs and the ICE
+    /// servers known now (asked again of connected nodes when stale).
+    pub(crate) async fn rtc_config(&self) -> RtcConfig {
+        RtcConfig {
+            bind_ips: self.bind_ips.clone(),
+            ice_servers: self.ice.servers(&self.dht).await,
+        }
+    }
+}
+
+/// Starts the TURN relay on the first listen IP (or the relay IP given).
+async fn start_relay(options: RelayOptions, first_ip: IpAddr) -> Result<TurnRelay, NodeError> {
+    let relay_ip = match options.relay_ip {
+        Some(ip) => ip,
+        None if !first_ip.is_unspecified() => first_ip,
+        None => return Err(NodeError::RelayIpUnknown),
+    };
+    let bind_ip = if first_ip.is_unspecified() {
+        first_ip
+    } else {
+        relay_ip
+    };
+    let addr = SocketAddr::new(bind_ip, options.port);
+    let mut config = RelayConfig::new(addr, relay_ip);
+    config.max_allocations = options.max_allocations;
+    config.bytes_per_second = options.bytes_per_second;
+    TurnRelay::start(config)
+        .await
+        .map_err(|source| NodeError::Relay { addr, source })
 }
 
 /// WebRTC binds the IPs libp2p listens on; an unspecified IP also brings loopback, which

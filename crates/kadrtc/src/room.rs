@@ -168,6 +168,24 @@ pub enum RoomError {
     /// closed.
     #[error("channel-binding check failed, channel closed: {0}")]
     ChannelBinding(#[source] BindingError),
+    /// ICE tried every candidate pair and none worked (RFC 8445 §8.1: state `failed`). When
+    /// `relay_known` is false, both sides are likely behind NATs that allow no direct path
+    /// (symmetric NATs, RFC 4787 §4.1) and only a TURN relay can connect them: connect to a
+    /// node that runs one (`kadrtc node --relay`). The attempt is retried as usual.
+    #[error("{}", no_path_text(*.relay_known))]
+    NoPath {
+        /// Whether this side had a TURN relay to try.
+        relay_known: bool,
+    },
+}
+
+fn no_path_text(relay_known: bool) -> &'static str {
+    if relay_known {
+        "no path to this peer was found, neither direct nor through the known TURN relays"
+    } else {
+        "no direct path to this peer was found and no relay is known; connect to a node \
+         started with --relay (kadrtc node --relay) so that peers behind symmetric NATs can meet"
+    }
 }
 
 /// Why [`Room::send`] or [`Room::broadcast`] failed.
@@ -713,7 +731,8 @@ impl RoomActor {
         offer: Option<(String, Vec<String>)>,
     ) {
         let tag = PeerTag { peer, session };
-        let result = match PeerConnection::new(&self.node.rtc, tag, self.rtc_tx.clone()).await {
+        let config = self.node.rtc_config().await;
+        let result = match PeerConnection::new(&config, tag, self.rtc_tx.clone()).await {
             Ok(pc) => match offer {
                 None => pc.create_offer().await,
                 Some((sdp, candidates)) => pc.accept_offer(sdp, &candidates).await,
@@ -772,6 +791,15 @@ impl RoomActor {
             }
             RtcEvent::Message(data) if current && entry.open => {
                 self.emit(RoomEvent::Message { peer, data }).await;
+            }
+            RtcEvent::IceFailed if current && !entry.open => {
+                let relay_known = self.node.ice.relay_known().await;
+                tracing::warn!(%peer, %session, relay_known, "ICE found no path");
+                self.emit(RoomEvent::Error {
+                    peer: Some(peer),
+                    error: RoomError::NoPath { relay_known },
+                })
+                .await;
             }
             RtcEvent::ChannelClosed | RtcEvent::Failed(_) if current => {
                 entry.binding = None;
