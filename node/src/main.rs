@@ -131,6 +131,10 @@ struct JoinArgs {
     /// never a public one.
     #[arg(long, value_name = "URL", value_parser = parse_stun_url)]
     stun: Vec<String>,
+    /// Connect only through TURN relays of the network's nodes, so that peers never learn
+    /// this host's IP addresses (needs a connected node started with --relay).
+    #[arg(long)]
+    relay_only: bool,
     #[command(flatten)]
     common: CommonArgs,
 }
@@ -179,9 +183,15 @@ async fn start_node(
     args: &CommonArgs,
     stun: Option<u16>,
     relay: Option<&RelayArgs>,
-    stun_urls: &[String],
+    join: Option<&JoinArgs>,
 ) -> anyhow::Result<Node> {
     let mut builder = Node::builder();
+    if let Some(join) = join {
+        for url in &join.stun {
+            builder = builder.ice_server(url.clone());
+        }
+        builder = builder.relay_only(join.relay_only);
+    }
     if let Some(port) = stun {
         builder = builder.stun(port);
     }
@@ -194,9 +204,6 @@ async fn start_node(
         if let Some(ip) = relay.relay_ip {
             builder = builder.relay_ip(ip);
         }
-    }
-    for url in stun_urls {
-        builder = builder.ice_server(url.clone());
     }
     if let Some(path) = &args.identity {
         builder = builder.identity(identity::load_or_create(path)?);
@@ -221,13 +228,13 @@ async fn start_node(
 
 async fn run_node(args: NodeArgs, out: &Output) -> anyhow::Result<()> {
     let stun = (!args.no_stun).then_some(args.stun_port);
-    let node = start_node(&args.common, stun, Some(&args.relay), &[]).await?;
+    let node = start_node(&args.common, stun, Some(&args.relay), None).await?;
     out.ready(&node);
     shutdown_signal().await
 }
 
 async fn run_join(args: JoinArgs, out: &Output) -> anyhow::Result<()> {
-    let node = start_node(&args.common, None, None, &args.stun).await?;
+    let node = start_node(&args.common, None, None, Some(&args)).await?;
     out.ready(&node);
     if args.common.bootstrap.is_empty() {
         tracing::warn!("no --bootstrap given: only peers that connect to this node can be found");

@@ -372,3 +372,105 @@ async fn stun_responder_answers_a_binding_request_over_udp_with_the_senders_addr
         client.local_addr().unwrap()
     );
 }
+
+/// A TURN client on a fresh loopback socket, authenticating with `username`/`password`.
+async fn turn_client(
+    server: std::net::SocketAddr,
+    username: &str,
+    password: &str,
+) -> turn::client::Client {
+    let socket = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let client = turn::client::Client::new(turn::client::ClientConfig {
+        stun_serv_addr: server.to_string(),
+        turn_serv_addr: server.to_string(),
+        username: username.into(),
+        password: password.into(),
+        realm: kadrtc_dht::TURN_REALM.into(),
+        software: String::new(),
+        rto_in_ms: 0,
+        conn: std::sync::Arc::new(socket),
+        vnet: None,
+    })
+    .await
+    .unwrap();
+    client.listen().await.unwrap();
+    client
+}
+
+#[tokio::test]
+async fn connected_peer_learns_stun_and_relay_and_its_credentials_allocate_on_the_relay() {
+    use kadrtc_dht::{IceService, RelayConfig, StunServer, TurnRelay};
+    use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+    use std::num::NonZeroU32;
+    use webrtc_util::Conn as _;
+
+    let loopback = IpAddr::V4(Ipv4Addr::LOCALHOST);
+    let stun = StunServer::bind(SocketAddr::new(loopback, 0))
+        .await
+        .unwrap();
+    let mut relay_config = RelayConfig::new(SocketAddr::new(loopback, 0), loopback);
+    relay_config.max_allocations = 1;
+    relay_config.bytes_per_second = NonZeroU32::new(1 << 20).unwrap();
+    let relay = std::sync::Arc::new(TurnRelay::start(relay_config).await.unwrap());
+    let mut config = DhtConfig::new(Keypair::generate_ed25519())
+        .with_listen("/ip4/127.0.0.1/tcp/0".parse().unwrap());
+    config.ice = IceService {
+        stun_port: Some(stun.local_addr().port()),
+        relay: Some(relay.clone()),
+    };
+    let server = DhtHandle::spawn(config).await.unwrap();
+    let peer = node(Some(&server)).await;
+
+    let servers = peer.ice_servers(server.peer_id()).await.unwrap();
+    assert_eq!(servers.stun, Some(stun.local_addr()));
+    let (turn_addr, credentials) = servers.turn.expect("the relay is offered");
+    assert_eq!(turn_addr, relay.local_addr());
+    assert!(credentials.expires > SystemTime::now());
+
+    // A node that serves nothing says so.
+    let plain = peer.ice_servers(peer.peer_id()).await;
+    assert!(
+        matches!(plain, Err(DhtError::Ice(_))),
+        "not connected to itself"
+    );
+    let nothing = server.ice_servers(peer.peer_id()).await.unwrap();
+    assert_eq!((nothing.stun, nothing.turn), (None, None));
+
+    // The credentials allocate, and the relay forwards both ways.
+    let client = turn_client(turn_addr, &credentials.username, &credentials.password).await;
+    let relayed = client.allocate().await.unwrap();
+    assert_eq!(relay.allocations(), 1);
+    let outside = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    relayed
+        .send_to(b"through the relay", outside.local_addr().unwrap())
+        .await
+        .unwrap();
+    let mut buf = [0u8; 64];
+    let (n, from) = timeout(Duration::from_secs(5), outside.recv_from(&mut buf))
+        .await
+        .expect("relayed datagram arrives")
+        .unwrap();
+    assert_eq!(&buf[..n], b"through the relay");
+    assert_eq!(
+        from,
+        relayed.local_addr().unwrap(),
+        "sent from the relayed address"
+    );
+    outside.send_to(b"back", from).await.unwrap();
+    let (n, _) = timeout(Duration::from_secs(5), relayed.recv_from(&mut buf))
+        .await
+        .expect("reply arrives through the relay")
+        .unwrap();
+    assert_eq!(&buf[..n], b"back");
+
+    // Bounded: a second allocation is refused while the first is held.
+    let second = turn_client(turn_addr, &credentials.username, &credentials.password).await;
+    assert!(second.allocate().await.is_err(), "over max_allocations");
+    second.close().await.unwrap();
+
+    // A guessed password does not allocate.
+    let forged = turn_client(turn_addr, &credentials.username, "guessed").await;
+    assert!(forged.allocate().await.is_err(), "wrong password");
+    forged.close().await.unwrap();
+    client.close().await.unwrap();
+}

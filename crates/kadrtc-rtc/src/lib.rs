@@ -42,8 +42,8 @@ use webrtc::data_channel::{DataChannel, DataChannelEvent};
 use webrtc::peer_connection::{
     PeerConnectionBuilder, PeerConnectionEventHandler, RTCConfigurationBuilder,
     RTCIceCandidateInit, RTCIceCandidateType, RTCIceConnectionState, RTCIceGatheringState,
-    RTCIceServer, RTCPeerConnectionIceEvent, RTCPeerConnectionState, RTCSdpType,
-    RTCSessionDescription, SettingEngineBuilder,
+    RTCIceServer, RTCIceTransportPolicy, RTCPeerConnectionIceEvent, RTCPeerConnectionState,
+    RTCSdpType, RTCSessionDescription, SettingEngineBuilder,
 };
 
 /// Label of the data channel kadrtc opens between two peers.
@@ -75,6 +75,9 @@ pub struct RtcConfig {
     pub bind_ips: Vec<IpAddr>,
     /// STUN and TURN servers; empty by default: no public server is used.
     pub ice_servers: Vec<IceServer>,
+    /// Use relay candidates only (`iceTransportPolicy: "relay"`, W3C WebRTC §4.2.5): the
+    /// remote never learns this host's addresses, and the connection needs a TURN server.
+    pub relay_only: bool,
 }
 
 /// One STUN or TURN server for ICE gathering (the `RTCIceServer` dictionary of W3C WebRTC
@@ -234,6 +237,7 @@ impl RtcConfig {
         Self {
             bind_ips: vec![IpAddr::V4(Ipv4Addr::LOCALHOST)],
             ice_servers: Vec::new(),
+            relay_only: false,
         }
     }
 
@@ -245,6 +249,7 @@ impl RtcConfig {
                 IpAddr::V4(Ipv4Addr::LOCALHOST),
             ],
             ice_servers: Vec::new(),
+            relay_only: false,
         }
     }
 }
@@ -281,6 +286,11 @@ impl PeerConnection {
                     })
                     .collect(),
             )
+            .with_ice_transport_policy(if config.relay_only {
+                RTCIceTransportPolicy::Relay
+            } else {
+                RTCIceTransportPolicy::All
+            })
             .build();
         let settings = SettingEngineBuilder::new()
             .with_include_loopback_candidate(true)

@@ -33,6 +33,8 @@ pub(crate) struct NodeInner {
     pub(crate) keypair: Keypair,
     /// Local IPs WebRTC binds.
     bind_ips: Vec<IpAddr>,
+    /// Peer connections use relay candidates only.
+    relay_only: bool,
     /// The STUN and TURN servers peer connections use.
     pub(crate) ice: NetworkIce,
     /// The STUN responder this node runs for the network's peers, if any.
@@ -53,6 +55,7 @@ pub struct NodeBuilder {
     ice_servers: Vec<String>,
     stun_port: Option<u16>,
     relay: Option<RelayOptions>,
+    relay_only: bool,
 }
 
 /// How [`NodeBuilder::relay`] was configured.
@@ -246,6 +249,14 @@ impl NodeBuilder {
         self
     }
 
+    /// Connects to peers only through TURN relays (`iceTransportPolicy: "relay"`, W3C WebRTC
+    /// §4.2.5), so that peers never learn this host's IP addresses. Needs a relay among the
+    /// connected nodes; without one every attempt ends in [`crate::RoomError::NoPath`].
+    pub fn relay_only(mut self, relay_only: bool) -> Self {
+        self.relay_only = relay_only;
+        self
+    }
+
     /// The IP relayed traffic goes to, when the first listen address does not name it (for
     /// example when listening on `0.0.0.0`). Needs [`NodeBuilder::relay`].
     pub fn relay_ip(mut self, ip: IpAddr) -> Self {
@@ -327,6 +338,7 @@ impl NodeBuilder {
             dht,
             keypair,
             bind_ips: ice_bind,
+            relay_only: self.relay_only,
             ice,
             stun,
             relay,
@@ -347,6 +359,7 @@ impl NodeInner {
         RtcConfig {
             bind_ips: self.bind_ips.clone(),
             ice_servers: self.ice.servers(&self.dht).await,
+            relay_only: self.relay_only,
         }
     }
 }
