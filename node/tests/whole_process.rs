@@ -380,3 +380,109 @@ fn stun_port_in_use_is_a_clear_error() {
         "{stderr}"
     );
 }
+
+/// A node on 127.0.0.1 that answers STUN and volunteers a TURN relay, both on free ports.
+fn relay_node(name: &str) -> (Proc, String, std::net::SocketAddr) {
+    let mut node = Proc::spawn(
+        name,
+        &[
+            "node",
+            "--listen",
+            "/ip4/127.0.0.1/tcp/0",
+            "--stun-port",
+            "0",
+            "--relay",
+            "--relay-port",
+            "0",
+            "--json",
+        ],
+    );
+    let ready = node.wait_event("ready");
+    let addr = ready["listen"][0].as_str().unwrap().to_string();
+    let relay = ready["relay"]
+        .as_str()
+        .expect("a relay address")
+        .parse()
+        .unwrap();
+    (node, addr, relay)
+}
+
+#[test]
+fn relay_only_joiners_connect_through_the_relay_their_node_offers() {
+    let (_node, addr, relay) = relay_node("relay-node");
+    assert!(relay.ip().is_loopback(), "on the --listen IP: {relay}");
+    let room = room_name("relayed");
+    let mut a = Proc::join_with("a", &room, &addr, &["--relay-only"], &[]);
+    let mut b = Proc::join_with("b", &room, &addr, &["--relay-only"], &[]);
+    let (a_id, _) = a.ready();
+    let (b_id, _) = b.ready();
+    for open in [a.wait_event("channel_open"), b.wait_event("channel_open")] {
+        // Neither side may offer a host candidate: the path is relay↔relay.
+        assert_eq!(
+            (&open["local"], &open["remote"]),
+            (&"relay".into(), &"relay".into()),
+            "{open}"
+        );
+    }
+    a.say("relayed hello");
+    b.wait_for("a's message", |e| {
+        is_message_from(e, &a_id, "relayed hello")
+    });
+    b.say("relayed reply");
+    a.wait_for("b's message", |e| {
+        is_message_from(e, &b_id, "relayed reply")
+    });
+}
+
+#[test]
+fn with_no_path_and_no_relay_joiners_say_so_within_30_seconds() {
+    // Relay-only peers on a network without a relay have no candidate at all: the
+    // situation of two peers behind symmetric NATs, on loopback.
+    let (_nodes, addrs) = network(1);
+    let room = room_name("nopath");
+    let mut a = Proc::join_with("a", &room, &addrs[0], &["--relay-only"], &[]);
+    let mut b = Proc::join_with("b", &room, &addrs[0], &["--relay-only"], &[]);
+    let (a_id, _) = a.ready();
+    let (b_id, _) = b.ready();
+    let start = Instant::now();
+    // The offerer's attempt is the one that fails for want of a path; the answerer only
+    // waits for offers.
+    let (a_id, b_id): (PeerId, PeerId) = (a_id.parse().unwrap(), b_id.parse().unwrap());
+    let offerer = if kadrtc_proto::is_offerer(&a_id, &b_id) {
+        &mut a
+    } else {
+        &mut b
+    };
+    let error = offerer.wait_for("a no_path error", |e| {
+        e["event"] == "error" && e["kind"] == "no_path"
+    });
+    assert!(
+        start.elapsed() < Duration::from_secs(30),
+        "{:?}",
+        start.elapsed()
+    );
+    let message = error["message"].as_str().unwrap();
+    assert!(
+        message.contains("no direct path") && message.contains("no relay is known"),
+        "{message}"
+    );
+    assert!(
+        !a.events_so_far()
+            .iter()
+            .any(|e| e["event"] == "channel_open"),
+        "no channel without a path"
+    );
+}
+
+#[test]
+fn relay_without_a_known_ip_is_a_clear_error() {
+    let (ok, stderr) = run_to_exit(&[
+        "node",
+        "--listen",
+        "/ip4/0.0.0.0/tcp/0",
+        "--no-stun",
+        "--relay",
+    ]);
+    assert!(!ok);
+    assert!(stderr.contains("--relay-ip"), "{stderr}");
+}

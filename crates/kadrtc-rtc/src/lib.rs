@@ -171,10 +171,10 @@ pub enum RtcEvent {
     Message(Vec<u8>),
     /// The data channel closed.
     ChannelClosed,
-    /// ICE found no working candidate pair within [`ICE_DISCONNECTED_TIMEOUT`] +
-    /// [`ICE_FAILED_TIMEOUT`] of checking, or lost the one it had for as long (RFC 8445
-    /// §8.1: the ICE connection state `failed`). [`RtcEvent::Failed`] follows.
-    IceFailed,
+    /// ICE found a working candidate pair (the ICE connection state `connected`, W3C WebRTC
+    /// §5.6.4). Without it, a connection fails [`ICE_DISCONNECTED_TIMEOUT`] +
+    /// [`ICE_FAILED_TIMEOUT`] after checking starts.
+    IceConnected,
     /// The peer connection failed (ICE or DTLS) or was closed.
     Failed(String),
 }
@@ -568,8 +568,8 @@ impl<T: Clone + Send + Sync + 'static> PeerConnectionEventHandler for Handler<T>
 
     async fn on_ice_connection_state_change(&self, state: RTCIceConnectionState) {
         tracing::debug!(%state, "ICE connection state");
-        if state == RTCIceConnectionState::Failed {
-            self.emit(RtcEvent::IceFailed).await;
+        if state == RTCIceConnectionState::Connected {
+            self.emit(RtcEvent::IceConnected).await;
         }
     }
 

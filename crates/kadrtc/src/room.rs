@@ -14,7 +14,7 @@ use kadrtc_proto::{
     Fingerprint, KeyError, Negotiation, NegotiationConfig, Role, RoomId, RoomKey, RoomName, Sealed,
     SessionId, ENVELOPE_VERSION,
 };
-use kadrtc_rtc::{CandidatePair, Channel, PeerConnection, RtcError, RtcEvent};
+use kadrtc_rtc::{CandidatePair, Channel, IceServer, PeerConnection, RtcError, RtcEvent};
 use libp2p::PeerId;
 use thiserror::Error;
 use tokio::sync::{mpsc, oneshot, watch};
@@ -252,6 +252,10 @@ struct PeerEntry {
     /// The open channel of a session while its binding proof is awaited, with the
     /// transcript the proof must cover.
     binding: Option<PendingBinding>,
+    /// The session whose ICE agent has both descriptions and has not found a working
+    /// candidate pair yet (or that cannot have one: relay-only with no relay known): if its
+    /// attempt fails, it is reported as [`RoomError::NoPath`].
+    seeking_path: Option<SessionId>,
 }
 
 struct PendingBinding {
@@ -605,7 +609,10 @@ impl RoomActor {
                 };
                 tracing::debug!(%peer, %session, "applying answer");
                 match pc.apply_answer(sdp, &candidates).await {
-                    Ok(()) => entry.negotiation.handle_remote_description_applied(session),
+                    Ok(()) => {
+                        entry.seeking_path = Some(session);
+                        entry.negotiation.handle_remote_description_applied(session)
+                    }
                     Err(error) => {
                         tracing::warn!(%peer, %error, "answer refused");
                         entry.negotiation.handle_failed(session, Instant::now());
@@ -678,12 +685,26 @@ impl RoomActor {
                 }
             }
             Action::AttemptFailed {
-                failures, retry_in, ..
+                session,
+                failures,
+                retry_in,
             } => {
                 tracing::warn!(%peer, failures, ?retry_in, "negotiation attempt failed");
+                let no_path = session.is_some()
+                    && self
+                        .peers
+                        .get_mut(&peer)
+                        .is_some_and(|entry| entry.seeking_path.take() == session);
+                let error = if no_path {
+                    RoomError::NoPath {
+                        relay_known: self.node.ice.relay_known().await,
+                    }
+                } else {
+                    RoomError::AttemptFailed { failures, retry_in }
+                };
                 self.emit(RoomEvent::Error {
                     peer: Some(peer),
-                    error: RoomError::AttemptFailed { failures, retry_in },
+                    error,
                 })
                 .await;
             }
@@ -732,6 +753,9 @@ impl RoomActor {
     ) {
         let tag = PeerTag { peer, session };
         let config = self.node.rtc_config().await;
+        let answering = offer.is_some();
+        // webrtc-rs refuses to build a relay-only connection without a TURN server.
+        let pathless = config.relay_only && !config.ice_servers.iter().any(IceServer::is_turn);
         let result = match PeerConnection::new(&config, tag, self.rtc_tx.clone()).await {
             Ok(pc) => match offer {
                 None => pc.create_offer().await,
@@ -741,6 +765,15 @@ impl RoomActor {
             Err(error) => Err(error),
         };
         self.install(peer, session, result);
+        if let Some(entry) = self.peers.get_mut(&peer) {
+            // The answerer's ICE agent has both descriptions now; the offerer's once the
+            // answer is applied.
+            let installed = entry
+                .connection
+                .as_ref()
+                .is_some_and(|(s, _)| *s == session);
+            entry.seeking_path = ((answering && installed) || pathless).then_some(session);
+        }
     }
 
     /// Stores a new connection and its local description, or fails the attempt.
@@ -792,14 +825,8 @@ impl RoomActor {
             RtcEvent::Message(data) if current && entry.open => {
                 self.emit(RoomEvent::Message { peer, data }).await;
             }
-            RtcEvent::IceFailed if current && !entry.open => {
-                let relay_known = self.node.ice.relay_known().await;
-                tracing::warn!(%peer, %session, relay_known, "ICE found no path");
-                self.emit(RoomEvent::Error {
-                    peer: Some(peer),
-                    error: RoomError::NoPath { relay_known },
-                })
-                .await;
+            RtcEvent::IceConnected if entry.seeking_path == Some(session) => {
+                entry.seeking_path = None;
             }
             RtcEvent::ChannelClosed | RtcEvent::Failed(_) if current => {
                 entry.binding = None;
@@ -1168,6 +1195,7 @@ impl RoomActor {
                 newest_created_at: 0,
                 mailbox,
                 binding: None,
+                seeking_path: None,
             },
         );
         self.outbox
