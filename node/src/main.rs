@@ -186,6 +186,11 @@ async fn start_node(
     join: Option<&JoinArgs>,
 ) -> anyhow::Result<Node> {
     let mut builder = Node::builder();
+    if join.is_none() {
+        // A long-lived node serves the DHT; a joiner serves it only when it has no bootstrap
+        // node, and otherwise only uses it (NodeBuilder::dht_server).
+        builder = builder.dht_server(true);
+    }
     if let Some(join) = join {
         for url in &join.stun {
             builder = builder.ice_server(url.clone());

@@ -148,6 +148,17 @@ async fn forged_envelope_is_refused_by_the_storing_node_and_ignored_by_the_joine
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+    // The joiner is a DHT client: only the topic message reaches it, so the attacker stays
+    // connected until the joiner has read (and refused) it.
+    let end = Instant::now() + DEADLINE;
+    while !joiner.log().contains("does not verify") {
+        assert!(
+            Instant::now() < end,
+            "the joiner never refused the forged topic message:\n{}",
+            joiner.log()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     drop(attacker);
 
     // A reader that never held either record asks the network.

@@ -198,6 +198,20 @@ pub(crate) async fn start(
             }
         }
     }
+    if !config.kad_server {
+        // A Kademlia client is in no routing table, so the node storing its provider record
+        // knows it only by the addresses the record carries: its external addresses. Without
+        // any, lookups would drop the record. Others may not be able to dial these (behind a
+        // NAT); the signaling itself then goes through the records, and the data channel
+        // through ICE.
+        for addr in &addrs {
+            let transport: Multiaddr = addr
+                .iter()
+                .filter(|p| !matches!(p, Protocol::P2p(_)))
+                .collect();
+            swarm.add_external_address(transport);
+        }
+    }
     if !bootstrap_peers.is_empty() {
         if let Err(error) = swarm.behaviour_mut().kad.bootstrap() {
             tracing::debug!(%error, "kademlia bootstrap");
@@ -258,6 +272,7 @@ fn build_swarm(config: &DhtConfig) -> Result<Swarm<Behaviour>, DhtError> {
     let kad_protocol = StreamProtocol::new(KAD_PROTOCOL);
     let replication_factor = config.replication_factor;
     let query_timeout = config.query_timeout;
+    let kad_server = config.kad_server;
     let swarm = libp2p::SwarmBuilder::with_existing_identity(config.keypair.clone())
         .with_tokio()
         .with_tcp(
@@ -288,8 +303,12 @@ fn build_swarm(config: &DhtConfig) -> Result<Swarm<Behaviour>, DhtError> {
             );
             let mut kad = kad::Behaviour::with_config(local, store, kad_config);
             // On loopback and private networks AutoNAT never confirms an external address,
-            // so the server mode must be set explicitly (DESIGN.md facts).
-            kad.set_mode(Some(kad::Mode::Server));
+            // so the mode is set explicitly (DESIGN.md facts).
+            kad.set_mode(Some(if kad_server {
+                kad::Mode::Server
+            } else {
+                kad::Mode::Client
+            }));
 
             let gossipsub_config = gossipsub::ConfigBuilder::default()
                 .validation_mode(gossipsub::ValidationMode::Strict)

@@ -126,6 +126,12 @@ pub struct DhtConfig {
     /// The STUN and TURN servers this node offers its peers on [`ICE_PROTOCOL`]; none by
     /// default.
     pub ice: IceService,
+    /// Whether this node is a Kademlia server (stores records and providers for others,
+    /// answers queries, and is added to others' routing tables) or a client (only asks).
+    /// Default: server. A peer behind a NAT should be a client: others cannot dial the
+    /// addresses it listens on, and every query that tries them waits for the dial to time
+    /// out.
+    pub kad_server: bool,
 }
 
 /// A cheap, cloneable handle to the event loop that owns the swarm of a running DHT node.
@@ -267,6 +273,7 @@ impl DhtConfig {
             bootstrap_timeout: DEFAULT_BOOTSTRAP_TIMEOUT,
             query_timeout: DEFAULT_QUERY_TIMEOUT,
             ice: IceService::default(),
+            kad_server: true,
         }
     }
 

@@ -56,6 +56,7 @@ pub struct NodeBuilder {
     stun_port: Option<u16>,
     relay: Option<RelayOptions>,
     relay_only: bool,
+    dht_server: Option<bool>,
 }
 
 /// How [`NodeBuilder::relay`] was configured.
@@ -249,6 +250,16 @@ impl NodeBuilder {
         self
     }
 
+    /// Whether this node serves the DHT (stores records and provider records for others and
+    /// answers their queries) or only uses it. Default: it serves when it has no bootstrap
+    /// peer (it may be the first node of a network) and only uses it otherwise, since a peer
+    /// that joins rooms may sit behind a NAT where others cannot dial it. `kadrtc node`
+    /// always serves.
+    pub fn dht_server(mut self, serve: bool) -> Self {
+        self.dht_server = Some(serve);
+        self
+    }
+
     /// Connects to peers only through TURN relays (`iceTransportPolicy: "relay"`, W3C WebRTC
     /// §4.2.5), so that peers never learn this host's IP addresses. Needs a relay among the
     /// connected nodes; without one every attempt ends in [`crate::RoomError::NoPath`].
@@ -327,6 +338,7 @@ impl NodeBuilder {
         };
         let mut config = DhtConfig::new(keypair.clone());
         config.listen = listen;
+        config.kad_server = self.dht_server.unwrap_or(self.bootstrap.is_empty());
         config.bootstrap = self.bootstrap;
         config.ice = IceService {
             stun_port: stun.as_ref().map(|s| s.local_addr().port()),

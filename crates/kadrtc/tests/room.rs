@@ -6,6 +6,18 @@ use std::time::Duration;
 use kadrtc::{Node, PeerId, Room, RoomConfig, RoomEvent};
 use tokio::time::timeout;
 
+/// A node that serves the DHT, like `kadrtc node`, whether or not it has a bootstrap peer.
+async fn dht_node(bootstrap: Option<&Node>) -> Node {
+    let mut builder = Node::builder()
+        .listen("/ip4/127.0.0.1/tcp/0".parse().unwrap())
+        .dht_server(true);
+    if let Some(b) = bootstrap {
+        builder = builder.bootstrap(b.listen_addrs()[0].clone());
+    }
+    builder.build().await.unwrap()
+}
+
+/// A room member with the library's defaults: with a bootstrap peer, a DHT client.
 async fn node(bootstrap: Option<&Node>) -> Node {
     let mut builder = Node::builder().listen("/ip4/127.0.0.1/tcp/0".parse().unwrap());
     if let Some(b) = bootstrap {
@@ -36,8 +48,8 @@ async fn wait_message(room: &mut Room) -> (PeerId, Vec<u8>) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn members_bootstrapped_from_different_nodes_connect_and_talk() {
-    let first = node(None).await;
-    let second = node(Some(&first)).await;
+    let first = dht_node(None).await;
+    let second = dht_node(Some(&first)).await;
     let a = node(Some(&first)).await;
     let b = node(Some(&second)).await;
     let mut room_a = a.join("lobby").await.unwrap();
