@@ -38,7 +38,7 @@ use std::time::Duration;
 use bytes::BytesMut;
 use thiserror::Error;
 use tokio::sync::mpsc;
-use webrtc::data_channel::{DataChannel, DataChannelEvent};
+use webrtc::data_channel::{DataChannel, DataChannelEvent, RTCDataChannelInit};
 use webrtc::peer_connection::{
     PeerConnectionBuilder, PeerConnectionEventHandler, RTCConfigurationBuilder,
     RTCIceCandidateInit, RTCIceCandidateType, RTCIceConnectionState, RTCIceGatheringState,
@@ -78,6 +78,9 @@ pub struct RtcConfig {
     /// Use relay candidates only (`iceTransportPolicy: "relay"`, W3C WebRTC §4.2.5): the
     /// remote never learns this host's addresses, and the connection needs a TURN server.
     pub relay_only: bool,
+    /// Whether the offerer's data channel delivers messages in order (`ordered`, W3C WebRTC
+    /// §6.2; RFC 8831 §6.4). Either way it is reliable. Default `true`.
+    pub ordered: bool,
 }
 
 /// One STUN or TURN server for ICE gathering (the `RTCIceServer` dictionary of W3C WebRTC
@@ -215,6 +218,8 @@ pub struct PeerConnection {
     channel_taken: Arc<AtomicBool>,
     /// Starts forwarding a locally created channel's events, tagged like the connection's.
     watch: Box<dyn Fn(Arc<dyn DataChannel>) + Send + Sync>,
+    /// See [`RtcConfig::ordered`].
+    ordered: bool,
 }
 
 /// An open data channel. Cheap to clone; sends from clones interleave message by message.
@@ -238,6 +243,7 @@ impl RtcConfig {
             bind_ips: vec![IpAddr::V4(Ipv4Addr::LOCALHOST)],
             ice_servers: Vec::new(),
             relay_only: false,
+            ordered: true,
         }
     }
 
@@ -250,6 +256,7 @@ impl RtcConfig {
             ],
             ice_servers: Vec::new(),
             relay_only: false,
+            ordered: true,
         }
     }
 }
@@ -325,6 +332,7 @@ impl PeerConnection {
             watch: Box::new(move |channel| {
                 tokio::spawn(pump_channel(channel, tag.clone(), events.clone()));
             }),
+            ordered: config.ordered,
         })
     }
 
@@ -339,7 +347,13 @@ impl PeerConnection {
         self.channel_taken.store(true, Ordering::SeqCst);
         let channel = self
             .inner
-            .create_data_channel(CHANNEL_LABEL, None)
+            .create_data_channel(
+                CHANNEL_LABEL,
+                Some(RTCDataChannelInit {
+                    ordered: self.ordered,
+                    ..Default::default()
+                }),
+            )
             .await
             .map_err(webrtc_error)?;
         (self.watch)(channel);

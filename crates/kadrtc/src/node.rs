@@ -372,6 +372,7 @@ impl NodeInner {
             bind_ips: self.bind_ips.clone(),
             ice_servers: self.ice.servers(&self.dht).await,
             relay_only: self.relay_only,
+            ordered: true,
         }
     }
 }
