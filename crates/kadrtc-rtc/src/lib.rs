@@ -29,10 +29,14 @@
 #![deny(missing_docs)]
 #![cfg_attr(not(test), deny(clippy::unwrap_used))]
 
+mod runtime;
+
+pub use runtime::UDP_BUFFER_SIZE;
+
 use std::fmt;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock, Weak};
 use std::time::Duration;
 
 use bytes::BytesMut;
@@ -64,6 +68,17 @@ pub const ICE_DISCONNECTED_TIMEOUT: Duration = Duration::from_secs(5);
 /// a connection that never finds a path fails 10 s after checking starts (webrtc-rs's default
 /// 25 s would make that 30 s).
 pub const ICE_FAILED_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// How often ICE sends connectivity checks while it looks for a candidate pair: 5 ms, the
+/// smallest pacing RFC 8445 §14.2 allows (webrtc-rs's default is 200 ms, which alone costs
+/// ≈ 200 ms of every connection set-up on a fast path). Checks stop once a pair is selected;
+/// afterwards the keepalive (webrtc-rs's default) paces the connection, so this costs
+/// nothing for a connection's life.
+pub const ICE_CHECK_INTERVAL: Duration = Duration::from_millis(5);
+/// Binding requests sent on a candidate pair before it fails: with [`ICE_CHECK_INTERVAL`],
+/// 2 s of patience (webrtc-rs's default is 7 × 200 ms = 1.4 s), enough for a NAT's hole to
+/// open on both sides over a slow path.
+pub const ICE_MAX_BINDING_REQUESTS: u16 = 400;
 
 /// Where and how peer connections gather candidates.
 #[derive(Debug, Clone)]
@@ -234,6 +249,10 @@ struct Handler<T> {
     /// Set once the connection has its data channel (created locally by the offerer, or the
     /// remote's first one); further channels from the remote are closed.
     channel_taken: Arc<AtomicBool>,
+    /// The connection this handler serves, once built: see [`wake_until_open`].
+    connection: Arc<OnceLock<Weak<dyn webrtc::peer_connection::PeerConnection>>>,
+    /// Set when the data channel opens.
+    opened: Arc<AtomicBool>,
 }
 
 impl RtcConfig {
@@ -306,6 +325,7 @@ impl PeerConnection {
                 Some(ICE_FAILED_TIMEOUT),
                 None,
             )
+            .with_ice_connection_attempts(Some(ICE_CHECK_INTERVAL), Some(ICE_MAX_BINDING_REQUESTS))
             .build();
         let bind: Vec<SocketAddr> = config
             .bind_ips
@@ -313,6 +333,8 @@ impl PeerConnection {
             .map(|ip| SocketAddr::new(*ip, 0))
             .collect();
         let channel_taken = Arc::new(AtomicBool::new(false));
+        let connection = Arc::new(OnceLock::new());
+        let opened = Arc::new(AtomicBool::new(false));
         let pc = PeerConnectionBuilder::new()
             .with_configuration(configuration)
             .with_setting_engine(settings)
@@ -320,17 +342,27 @@ impl PeerConnection {
                 tag: tag.clone(),
                 events: events.clone(),
                 channel_taken: channel_taken.clone(),
+                connection: connection.clone(),
+                opened: opened.clone(),
             }))
             .with_udp_addrs(bind)
+            .with_runtime(Arc::new(runtime::BufferedRuntime::new()))
             .with_data_channel_send_buffer_limit(DEFAULT_SEND_BUFFER_LIMIT)
             .build()
             .await
             .map_err(webrtc_error)?;
+        let pc: Arc<dyn webrtc::peer_connection::PeerConnection> = Arc::new(pc);
+        let _ = connection.set(Arc::downgrade(&pc));
         Ok(Self {
-            inner: Arc::new(pc),
+            inner: pc,
             channel_taken,
             watch: Box::new(move |channel| {
-                tokio::spawn(pump_channel(channel, tag.clone(), events.clone()));
+                tokio::spawn(pump_channel(
+                    channel,
+                    tag.clone(),
+                    events.clone(),
+                    opened.clone(),
+                ));
             }),
             ordered: config.ordered,
         })
@@ -583,12 +615,16 @@ impl<T: Clone + Send + Sync + 'static> PeerConnectionEventHandler for Handler<T>
     async fn on_ice_connection_state_change(&self, state: RTCIceConnectionState) {
         tracing::debug!(%state, "ICE connection state");
         if state == RTCIceConnectionState::Connected {
+            if let Some(connection) = self.connection.get() {
+                tokio::spawn(wake_until_open(connection.clone(), self.opened.clone()));
+            }
             self.emit(RtcEvent::IceConnected).await;
         }
     }
 
     async fn on_connection_state_change(&self, state: RTCPeerConnectionState) {
         tracing::debug!(%state, "peer connection state");
+
         if matches!(
             state,
             RTCPeerConnectionState::Failed | RTCPeerConnectionState::Closed
@@ -609,7 +645,47 @@ impl<T: Clone + Send + Sync + 'static> PeerConnectionEventHandler for Handler<T>
             }
             return;
         }
-        tokio::spawn(pump_channel(channel, self.tag.clone(), self.events.clone()));
+        tokio::spawn(pump_channel(
+            channel,
+            self.tag.clone(),
+            self.events.clone(),
+            self.opened.clone(),
+        ));
+    }
+}
+
+/// How often a connection's driver is woken between ICE connecting and the open channel.
+const SETUP_WAKE_INTERVAL: Duration = Duration::from_millis(1);
+/// The longest a connection keeps being woken.
+const SETUP_WAKE_LIMIT: Duration = Duration::from_secs(2);
+
+/// Wakes a peer connection's driver every [`SETUP_WAKE_INTERVAL`] from ICE connected until
+/// the data channel is open (or [`SETUP_WAKE_LIMIT`]).
+///
+/// webrtc-rs 0.21's driver sends what its handlers queue while it handles an event (the SCTP
+/// INIT once DTLS completes, the DCEP `DATA_CHANNEL_OPEN` once SCTP is established) only at
+/// its next wake-up: a packet, an application call, or its timer, which after ICE connects
+/// ticks at most every 200 ms. That cost two ticks, ≈ 400 ms, per connection (DESIGN.md
+/// facts). The fix belongs in webrtc's driver loop (`PeerConnectionDriver::run` in
+/// webrtc-0.21.1/src/peer_connection/driver.rs, which should poll writes again after
+/// `poll_events`). Until then an application call wakes it: setting the configuration to
+/// itself only queues it for the next ICE restart. The wakes stop with the set-up, so an
+/// open connection costs nothing more.
+async fn wake_until_open(
+    connection: Weak<dyn webrtc::peer_connection::PeerConnection>,
+    opened: Arc<AtomicBool>,
+) {
+    let deadline = tokio::time::Instant::now() + SETUP_WAKE_LIMIT;
+    while !opened.load(Ordering::Acquire) && tokio::time::Instant::now() < deadline {
+        let Some(pc) = connection.upgrade() else {
+            return;
+        };
+        let configuration = pc.get_configuration().await;
+        if pc.set_configuration(configuration).await.is_err() {
+            return;
+        }
+        drop(pc);
+        tokio::time::sleep(SETUP_WAKE_INTERVAL).await;
     }
 }
 
@@ -618,12 +694,16 @@ async fn pump_channel<T: Clone + Send + 'static>(
     channel: Arc<dyn DataChannel>,
     tag: T,
     events: mpsc::Sender<(T, RtcEvent)>,
+    opened: Arc<AtomicBool>,
 ) {
     while let Some(event) = channel.poll().await {
         let event = match event {
-            DataChannelEvent::OnOpen => RtcEvent::ChannelOpen(Channel {
-                inner: channel.clone(),
-            }),
+            DataChannelEvent::OnOpen => {
+                opened.store(true, Ordering::Release);
+                RtcEvent::ChannelOpen(Channel {
+                    inner: channel.clone(),
+                })
+            }
             DataChannelEvent::OnMessage(message) => RtcEvent::Message(message.data.to_vec()),
             DataChannelEvent::OnClose => RtcEvent::ChannelClosed,
             _ => continue,
