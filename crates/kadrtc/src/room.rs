@@ -25,9 +25,10 @@ use crate::node::NodeInner;
 /// How long a published envelope stays valid, and how long storing nodes keep a mailbox
 /// record.
 pub const DEFAULT_ENVELOPE_TTL: Duration = Duration::from_secs(120);
-/// First interval between `get_providers` lookups of the room's presence key; it doubles up
-/// to [`DEFAULT_DISCOVERY_MAX`] while the room is joined.
-pub const DEFAULT_DISCOVERY_INITIAL: Duration = Duration::from_millis(250);
+/// First interval between `get_providers` lookups of the room's presence key (two members
+/// joining at once find each other on a lookup after the other's provider record landed); it
+/// doubles up to [`DEFAULT_DISCOVERY_MAX`] while the room is joined.
+pub const DEFAULT_DISCOVERY_INITIAL: Duration = Duration::from_millis(50);
 /// Longest interval between presence lookups.
 pub const DEFAULT_DISCOVERY_MAX: Duration = Duration::from_secs(10);
 /// Most peers one room tracks at once; further peers are ignored until one leaves. Each
