@@ -28,7 +28,7 @@ pub const DEFAULT_ENVELOPE_TTL: Duration = Duration::from_secs(120);
 /// First interval between `get_providers` lookups of the room's presence key (two members
 /// joining at once find each other on a lookup after the other's provider record landed); it
 /// doubles up to [`DEFAULT_DISCOVERY_MAX`] while the room is joined.
-pub const DEFAULT_DISCOVERY_INITIAL: Duration = Duration::from_millis(50);
+pub const DEFAULT_DISCOVERY_INITIAL: Duration = Duration::from_millis(10);
 /// Longest interval between presence lookups.
 pub const DEFAULT_DISCOVERY_MAX: Duration = Duration::from_secs(10);
 /// Most peers one room tracks at once; further peers are ignored until one leaves. Each
