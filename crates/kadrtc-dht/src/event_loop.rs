@@ -28,10 +28,10 @@ use crate::ice::{
     MAX_ICE_MESSAGE_SIZE,
 };
 use crate::{
-    Command, DhtConfig, DhtError, TopicEvent, IDENTIFY_PROTOCOL, IDLE_CONNECTION_TIMEOUT,
-    INVALID_MESSAGE_WEIGHT, KAD_PROTOCOL, MAX_CONNECTIONS_PER_PEER, MAX_INCOMING_CONNECTIONS,
-    MAX_PENDING_INCOMING_CONNECTIONS, MAX_PROVIDERS_PER_GET, MAX_PROVIDERS_PER_KEY,
-    MAX_PROVIDER_RECORDS_PER_PUBLISHER_PER_MINUTE, MAX_RECORDS_PER_GET,
+    Command, DhtConfig, DhtError, QueryStats, RecordsReply, TopicEvent, IDENTIFY_PROTOCOL,
+    IDLE_CONNECTION_TIMEOUT, INVALID_MESSAGE_WEIGHT, KAD_PROTOCOL, MAX_CONNECTIONS_PER_PEER,
+    MAX_INCOMING_CONNECTIONS, MAX_PENDING_INCOMING_CONNECTIONS, MAX_PROVIDERS_PER_GET,
+    MAX_PROVIDERS_PER_KEY, MAX_PROVIDER_RECORDS_PER_PUBLISHER_PER_MINUTE, MAX_RECORDS_PER_GET,
     MAX_RECORDS_PER_PUBLISHER_PER_MINUTE, MAX_STORED_RECORDS,
     MAX_TOPIC_MESSAGES_PER_AUTHOR_PER_MINUTE, MAX_TOPIC_MESSAGE_SIZE, MAX_TRACKED_PUBLISHERS,
 };
@@ -63,7 +63,7 @@ struct EventLoop {
     pending_put: HashMap<kad::QueryId, oneshot::Sender<Result<(), DhtError>>>,
     pending_providing: HashMap<kad::QueryId, oneshot::Sender<Result<(), DhtError>>>,
     pending_providers: HashMap<kad::QueryId, Pending<Vec<PeerId>>>,
-    pending_get: HashMap<kad::QueryId, Pending<Vec<Vec<u8>>>>,
+    pending_get: HashMap<kad::QueryId, PendingGet>,
     topics: HashMap<gossipsub::TopicHash, (String, mpsc::Sender<TopicEvent>)>,
     record_rate: PublisherRate,
     provider_rate: PublisherRate,
@@ -85,6 +85,12 @@ struct PendingIce {
 /// [`MAX_TRACKED_PUBLISHERS`] publishers.
 struct PublisherRate {
     limiter: DefaultKeyedRateLimiter<PeerId>,
+}
+
+/// A `get_record` query whose values are collected until it finishes.
+struct PendingGet {
+    found: Vec<Vec<u8>>,
+    reply: RecordsReply,
 }
 
 /// A query whose results are collected until it finishes.
@@ -420,7 +426,7 @@ impl EventLoop {
                 let id = behaviour.kad.get_record(kad::RecordKey::new(&key));
                 self.pending_get.insert(
                     id,
-                    Pending {
+                    PendingGet {
                         found: Vec::new(),
                         reply,
                     },
@@ -582,7 +588,10 @@ impl EventLoop {
         match event {
             kad::Event::InboundRequest { request } => self.handle_inbound(request),
             kad::Event::OutboundQueryProgressed {
-                id, result, step, ..
+                id,
+                result,
+                step,
+                stats,
             } => match result {
                 kad::QueryResult::PutRecord(result) => {
                     if let Some(reply) = self.pending_put.remove(&id) {
@@ -636,7 +645,7 @@ impl EventLoop {
                     let finished = step.last;
                     match result {
                         Ok(kad::GetRecordOk::FoundRecord(found)) => {
-                            if let Some(Pending { found: values, .. }) =
+                            if let Some(PendingGet { found: values, .. }) =
                                 self.pending_get.get_mut(&id)
                             {
                                 if values.len() < MAX_RECORDS_PER_GET
@@ -652,12 +661,12 @@ impl EventLoop {
                         }
                     }
                     if finished {
-                        if let Some(Pending {
+                        if let Some(PendingGet {
                             found: values,
                             reply,
                         }) = self.pending_get.remove(&id)
                         {
-                            let _ = reply.send(Ok(values));
+                            let _ = reply.send(Ok((values, QueryStats::from_kad(&stats))));
                         }
                     }
                 }

@@ -143,6 +143,25 @@ pub struct DhtHandle {
     commands: mpsc::Sender<Command>,
 }
 
+/// What one Kademlia query cost: the figures libp2p-kad keeps for it (its `QueryStats`).
+/// A lookup is iterative (Kademlia paper §2.3): the querying node asks the closest peers it
+/// knows, a few at once, each answer names closer peers to ask next, and the query ends when
+/// the replication factor's worth of closest peers it heard of have answered. So `requests`
+/// is at least that factor (or the other nodes, when fewer) and grows with the number of
+/// rounds, O(log N) in a network of N nodes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct QueryStats {
+    /// Requests the query sent to other nodes (one per node asked).
+    pub requests: u32,
+    /// Requests that were answered.
+    pub successes: u32,
+    /// Requests that failed (error, refused stream or timeout).
+    pub failures: u32,
+    /// From the query's first request to its end; zero when it sent none.
+    pub duration: Duration,
+}
+
 /// What happens on a subscribed topic.
 #[derive(Debug, Clone)]
 #[non_exhaustive]
@@ -213,6 +232,9 @@ pub enum DhtError {
     Stopped,
 }
 
+/// Where a `get_record` query's values and statistics go.
+type RecordsReply = oneshot::Sender<Result<(Vec<Vec<u8>>, QueryStats), DhtError>>;
+
 enum Command {
     StartProviding {
         key: Vec<u8>,
@@ -233,7 +255,7 @@ enum Command {
     },
     GetRecord {
         key: Vec<u8>,
-        reply: oneshot::Sender<Result<Vec<Vec<u8>>, DhtError>>,
+        reply: RecordsReply,
     },
     Subscribe {
         topic: String,
@@ -293,6 +315,17 @@ impl DhtConfig {
     pub fn with_replication_factor(mut self, k: NonZeroUsize) -> Self {
         self.replication_factor = k;
         self
+    }
+}
+
+impl QueryStats {
+    fn from_kad(stats: &libp2p::kad::QueryStats) -> Self {
+        Self {
+            requests: stats.num_requests(),
+            successes: stats.num_successes(),
+            failures: stats.num_failures(),
+            duration: stats.duration().unwrap_or_default(),
+        }
     }
 }
 
@@ -383,6 +416,21 @@ impl DhtHandle {
     ///
     /// [`DhtError::Query`] when the query fails for another reason than "not found".
     pub async fn get_record(&self, key: Vec<u8>) -> Result<Vec<Vec<u8>>, DhtError> {
+        let (values, _) = self.get_record_with_stats(key).await?;
+        Ok(values)
+    }
+
+    /// As [`DhtHandle::get_record`], and what the query cost ([`QueryStats`]: requests sent,
+    /// answered and failed, and its duration). For measurements: the local store's copy, if
+    /// any, is among the values but costs no request; the query still asks the network.
+    ///
+    /// # Errors
+    ///
+    /// As [`DhtHandle::get_record`].
+    pub async fn get_record_with_stats(
+        &self,
+        key: Vec<u8>,
+    ) -> Result<(Vec<Vec<u8>>, QueryStats), DhtError> {
         self.request(|reply| Command::GetRecord { key, reply })
             .await?
     }

@@ -474,3 +474,51 @@ async fn connected_peer_learns_stun_and_relay_and_its_credentials_allocate_on_th
     forged.close().await.unwrap();
     client.close().await.unwrap();
 }
+
+#[tokio::test]
+async fn get_record_with_stats_counts_the_requests_of_a_network_lookup() {
+    let storer = node(None).await;
+    let writer_key = Keypair::generate_ed25519();
+    let writer = node_with_key(writer_key.clone(), Some(&storer)).await;
+    let record = offer(&writer_key, PeerId::random(), "lobby");
+    let key = record
+        .room_id
+        .mailbox_key(&record.from, &record.to.unwrap());
+    let value = sign(&record, &writer_key);
+    writer
+        .put_record(key.clone(), value.clone(), TTL)
+        .await
+        .unwrap();
+
+    // A reader that holds nothing must ask the network: at least one request, answered.
+    let reader = node(Some(&storer)).await;
+    let (values, stats) = eventually(Duration::from_secs(10), || {
+        let reader = reader.clone();
+        let key = key.clone();
+        async move {
+            reader
+                .get_record_with_stats(key)
+                .await
+                .ok()
+                .filter(|(values, _)| !values.is_empty())
+        }
+    })
+    .await
+    .expect("the reader finds the record");
+    assert_eq!(values, vec![value]);
+    assert!(stats.requests >= 1, "{stats:?}");
+    assert!(stats.successes >= 1, "{stats:?}");
+    assert!(
+        stats.successes + stats.failures <= stats.requests,
+        "{stats:?}"
+    );
+    assert!(stats.duration > Duration::ZERO, "{stats:?}");
+
+    // A key nobody stored: the query still asks, and finds nothing.
+    let (values, stats) = reader
+        .get_record_with_stats(b"/kadrtc/mailbox/none".to_vec())
+        .await
+        .unwrap();
+    assert!(values.is_empty());
+    assert!(stats.requests >= 1, "{stats:?}");
+}
