@@ -87,7 +87,8 @@ struct RelayArgs {
     /// UDP port the relay listens on, on the IP of the first --listen address.
     #[arg(long, value_name = "PORT", default_value_t = kadrtc::DEFAULT_TURN_PORT, requires = "relay")]
     relay_port: u16,
-    /// IP that peers send relayed traffic to; needed when --listen is 0.0.0.0.
+    /// IP that peers send relayed traffic to, an address of this host (relayed ports are bound
+    /// on it); needed when --listen is 0.0.0.0.
     #[arg(long, value_name = "IP", requires = "relay")]
     relay_ip: Option<std::net::IpAddr>,
     /// Most relay allocations (peer connections through this relay) at once.

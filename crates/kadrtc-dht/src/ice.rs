@@ -22,8 +22,9 @@ pub const MAX_ICE_MESSAGE_SIZE: u64 = 4096;
 pub const ICE_REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
 /// Longest username or password accepted in an answer, in bytes.
 const MAX_CREDENTIAL_LEN: usize = 256;
-/// Credentials that claim to live longer than this are refused as malformed.
-const MAX_CREDENTIAL_LIFETIME: Duration = Duration::from_secs(24 * 60 * 60);
+/// Credentials that claim to live longer than this are refused as malformed (twice
+/// [`crate::TURN_CREDENTIAL_LIFETIME`], for clock skew).
+const MAX_CREDENTIAL_LIFETIME: Duration = Duration::from_secs(2 * 24 * 60 * 60);
 
 /// What this node serves to the peers connected to it.
 #[derive(Debug, Clone, Default)]
@@ -72,7 +73,7 @@ pub enum IceAnswerError {
     /// A username or password over 256 bytes.
     #[error("credential over {MAX_CREDENTIAL_LEN} bytes")]
     CredentialTooLong,
-    /// Credentials that expired already or claim to live over a day.
+    /// Credentials that expired already or claim to live over two days.
     #[error("credential expiry out of range")]
     Expiry,
 }
@@ -122,8 +123,14 @@ impl IceResponse {
                 {
                     return Err(IceAnswerError::CredentialTooLong);
                 }
-                let expires = UNIX_EPOCH + Duration::from_secs(offer.expires);
-                if expires <= now || expires > now + MAX_CREDENTIAL_LIFETIME {
+                // Checked arithmetic: the expiry comes from the network.
+                let expires = UNIX_EPOCH
+                    .checked_add(Duration::from_secs(offer.expires))
+                    .ok_or(IceAnswerError::Expiry)?;
+                let latest = now
+                    .checked_add(MAX_CREDENTIAL_LIFETIME)
+                    .ok_or(IceAnswerError::Expiry)?;
+                if expires <= now || expires > latest {
                     return Err(IceAnswerError::Expiry);
                 }
                 let credentials = TurnCredentials {
@@ -188,8 +195,17 @@ mod tests {
             Err(IceAnswerError::Expiry)
         );
         assert_eq!(
-            offer(3479, now + Duration::from_secs(2 * 24 * 3600)).servers_at(ip, now),
+            offer(3479, now + Duration::from_secs(3 * 24 * 3600)).servers_at(ip, now),
             Err(IceAnswerError::Expiry)
+        );
+        let mut far = offer(3479, soon);
+        if let Some(turn) = far.turn.as_mut() {
+            turn.expires = u64::MAX;
+        }
+        assert_eq!(
+            far.servers_at(ip, now),
+            Err(IceAnswerError::Expiry),
+            "an expiry past the end of time is an error, not a panic"
         );
         let mut long = offer(3479, soon);
         if let Some(turn) = long.turn.as_mut() {

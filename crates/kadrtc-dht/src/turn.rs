@@ -30,9 +30,12 @@ pub const DEFAULT_MAX_ALLOCATIONS: usize = 64;
 /// Bytes per second one allocation may relay in each direction unless told otherwise
 /// (1 MiB/s: chat and file transfer at a modest rate, 64 MiB/s for a full relay).
 pub const DEFAULT_BYTES_PER_SECOND: u32 = 1024 * 1024;
-/// How long relay credentials stay valid. An allocation made with them lives on through
-/// its refreshes (RFC 8656 §7); new allocations need fresh credentials.
-pub const TURN_CREDENTIAL_LIFETIME: Duration = Duration::from_secs(10 * 60);
+/// How long relay credentials stay valid: one day, the example lifetime of the TURN REST API
+/// draft (draft-uberti-behave-turn-rest §2.2). The relay checks them on every authenticated
+/// request, refreshes and permissions included (RFC 8656 §7–9), so they must outlive the
+/// connections that use them: a connection relayed for longer than this loses its
+/// allocation when it next refreshes.
+pub const TURN_CREDENTIAL_LIFETIME: Duration = Duration::from_secs(24 * 60 * 60);
 /// The realm relays name in their challenges (RFC 8489 §14.9).
 pub const TURN_REALM: &str = "kadrtc";
 
@@ -227,6 +230,7 @@ impl RelayAddressGenerator for BoundedRelays {
         let quota = Quota::per_second(self.bytes_per_second);
         let conn = BoundedConn {
             socket,
+            loopback_relay: self.relay_ip.is_loopback(),
             sent: DefaultDirectRateLimiter::direct(quota),
             received: DefaultDirectRateLimiter::direct(quota),
             _slot: slot,
@@ -258,9 +262,33 @@ impl Drop for AllocationSlot {
 /// bound are dropped.
 struct BoundedConn {
     socket: UdpSocket,
+    /// The relay relays on loopback: local destinations are the only ones there are.
+    loopback_relay: bool,
     sent: DefaultDirectRateLimiter,
     received: DefaultDirectRateLimiter,
     _slot: AllocationSlot,
+}
+
+impl BoundedConn {
+    fn may_relay_to(&self, ip: IpAddr) -> bool {
+        may_relay_to(self.loopback_relay, ip)
+    }
+}
+
+/// Whether relayed traffic may go to `ip`: not to this host's own or local-only addresses,
+/// unless the relay itself sits on loopback (a test or a local testnet).
+fn may_relay_to(loopback_relay: bool, ip: IpAddr) -> bool {
+    if loopback_relay {
+        return true;
+    }
+    !(ip.is_loopback() || ip.is_unspecified() || ip.is_multicast() || is_link_local(ip))
+}
+
+fn is_link_local(ip: IpAddr) -> bool {
+    match ip {
+        IpAddr::V4(ip) => ip.is_link_local() || ip.is_broadcast(),
+        IpAddr::V6(ip) => (ip.segments()[0] & 0xffc0) == 0xfe80,
+    }
 }
 
 /// Whether `limiter` lets `bytes` through now.
@@ -303,7 +331,7 @@ impl Conn for BoundedConn {
     }
 
     async fn send_to(&self, buf: &[u8], target: SocketAddr) -> webrtc_util::Result<usize> {
-        if !within(&self.sent, buf.len()) {
+        if !within(&self.sent, buf.len()) || !self.may_relay_to(target.ip()) {
             return Ok(buf.len());
         }
         Ok(self.socket.send_to(buf, target).await?)
@@ -343,6 +371,27 @@ mod tests {
         assert_eq!(live.load(Ordering::Relaxed), 1);
         assert!(AllocationSlot::take(&live, 2).is_some());
         drop(second);
+    }
+
+    #[test]
+    fn relays_do_not_forward_to_the_volunteers_own_or_local_only_addresses() {
+        for refused in [
+            "127.0.0.1",
+            "0.0.0.0",
+            "224.0.0.1",
+            "169.254.1.1",
+            "::1",
+            "fe80::1",
+        ] {
+            assert!(!may_relay_to(false, refused.parse().unwrap()), "{refused}");
+        }
+        for allowed in ["10.77.1.2", "192.0.2.7", "2001:db8::1"] {
+            assert!(may_relay_to(false, allowed.parse().unwrap()), "{allowed}");
+        }
+        assert!(
+            may_relay_to(true, "127.0.0.1".parse().unwrap()),
+            "a loopback relay"
+        );
     }
 
     #[test]

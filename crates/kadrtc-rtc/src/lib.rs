@@ -69,11 +69,12 @@ pub const ICE_DISCONNECTED_TIMEOUT: Duration = Duration::from_secs(5);
 /// 25 s would make that 30 s).
 pub const ICE_FAILED_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// How often ICE sends connectivity checks while it looks for a candidate pair: 5 ms, the
-/// smallest pacing RFC 8445 §14.2 allows (webrtc-rs's default is 200 ms, which alone costs
-/// ≈ 200 ms of every connection set-up on a fast path). Checks stop once a pair is selected;
-/// afterwards the keepalive (webrtc-rs's default) paces the connection, so this costs
-/// nothing for a connection's life.
+/// How often ICE runs a round of connectivity checks while it looks for a candidate pair:
+/// 5 ms (webrtc-rs's default is 200 ms, which alone costs ≈ 200 ms of every connection
+/// set-up on a fast path). webrtc-rs checks every waiting pair each round, so this is pacing
+/// per pair, not the global pacing (Ta ≥ 5 ms) of RFC 8445 §14.2: SECURITY.md lists what
+/// that allows. Rounds stop once a pair is selected; afterwards the keepalive (webrtc-rs's
+/// default) paces the connection, so this costs nothing for a connection's life.
 pub const ICE_CHECK_INTERVAL: Duration = Duration::from_millis(5);
 /// Binding requests sent on a candidate pair before it fails: with [`ICE_CHECK_INTERVAL`],
 /// 2 s of patience (webrtc-rs's default is 7 × 200 ms = 1.4 s), enough for a NAT's hole to

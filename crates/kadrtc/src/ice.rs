@@ -95,13 +95,19 @@ impl Learned {
 async fn ask_connected_nodes(dht: &DhtHandle) -> Learned {
     let asked_at = Some(Instant::now());
     let peers = dht.connected_peers().await.unwrap_or_default();
+    // Each request has its own deadline, so that one silent peer does not lose the
+    // others' answers.
     let asks = peers
         .into_iter()
         .take(MAX_NODES_ASKED)
-        .map(|peer| dht.ice_servers(peer));
-    let answers = tokio::time::timeout(ASK_TIMEOUT, join_all(asks))
-        .await
-        .unwrap_or_default();
+        .map(|peer| async move {
+            tokio::time::timeout(ASK_TIMEOUT, dht.ice_servers(peer))
+                .await
+                .map_err(|_| {
+                    kadrtc_dht::DhtError::Ice(format!("{peer}: no answer in {ASK_TIMEOUT:?}"))
+                })?
+        });
+    let answers = join_all(asks).await;
     let mut stun = Vec::new();
     let mut turn = Vec::new();
     let mut credentials_expire: Option<SystemTime> = None;

@@ -268,8 +268,9 @@ impl NodeBuilder {
         self
     }
 
-    /// The IP relayed traffic goes to, when the first listen address does not name it (for
-    /// example when listening on `0.0.0.0`). Needs [`NodeBuilder::relay`].
+    /// The IP relayed traffic goes to, an address of this host (relayed ports are bound on
+    /// it), when the first listen address does not name it (for example when listening on
+    /// `0.0.0.0`). Call after [`NodeBuilder::relay`]; before it, this is ignored.
     pub fn relay_ip(mut self, ip: IpAddr) -> Self {
         if let Some(options) = self.relay.as_mut() {
             options.relay_ip = Some(ip);
@@ -278,8 +279,8 @@ impl NodeBuilder {
     }
 
     /// The relay's bounds: allocations held at once, and bytes per second each allocation
-    /// relays in each direction (datagrams beyond it are dropped). Needs
-    /// [`NodeBuilder::relay`].
+    /// relays in each direction (datagrams beyond it are dropped). Call after
+    /// [`NodeBuilder::relay`]; before it, this is ignored.
     pub fn relay_limits(mut self, max_allocations: usize, bytes_per_second: NonZeroU32) -> Self {
         if let Some(options) = self.relay.as_mut() {
             options.max_allocations = max_allocations;
