@@ -133,7 +133,7 @@ async fn one_run(testnet: &Testnet, room: &str) -> anyhow::Result<RunTimes> {
 }
 
 /// A joiner as the README's library example builds one: a DHT client on 127.0.0.1.
-async fn joiner(bootstrap: Multiaddr) -> anyhow::Result<Node> {
+pub(crate) async fn joiner(bootstrap: Multiaddr) -> anyhow::Result<Node> {
     timeout(
         BUILD_DEADLINE,
         Node::builder()

@@ -7,7 +7,7 @@ use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, ensure, Context as _};
-use kadrtc::{Multiaddr, Node, PeerId, RoomConfig, RoomEvent};
+use kadrtc::{Multiaddr, PeerId, RoomConfig, RoomEvent};
 use serde::Serialize;
 use serde_json::Value;
 use tokio::io::{AsyncBufReadExt as _, BufReader};
@@ -16,7 +16,7 @@ use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 use tokio::time::timeout;
 
-use crate::join::loopback_tcp;
+use crate::join;
 
 /// How long a process may take to print its `ready` line.
 const READY_DEADLINE: Duration = Duration::from_secs(20);
@@ -270,16 +270,7 @@ pub async fn measure(
 
 /// An in-process peer in `room` that admits only `joiner`, kept until stopped.
 async fn peer(bootstrap: Multiaddr, room: &str, joiner: PeerId) -> anyhow::Result<Peer> {
-    let node = timeout(
-        BUILD_DEADLINE,
-        Node::builder()
-            .listen(loopback_tcp())
-            .bootstrap(bootstrap)
-            .build(),
-    )
-    .await
-    .context("peer did not start in time")?
-    .context("peer")?;
+    let node = join::joiner(bootstrap).await.context("peer")?;
     let mut room = timeout(
         BUILD_DEADLINE,
         node.join_with(room, RoomConfig::default().with_allow([joiner])),
