@@ -52,6 +52,8 @@ readonly SCENARIOS=(cone public-cone symmetric-relay symmetric-norelay lossy-con
 
 SCRIPT_DIR="$(cd -- "$(dirname -- "${BASH_SOURCE[0]}")" && pwd)"
 readonly SCRIPT_DIR
+# shellcheck source=testnet/lib.sh
+source "$SCRIPT_DIR/lib.sh"
 REPO_ROOT="$(dirname -- "$SCRIPT_DIR")"
 readonly REPO_ROOT
 PROG="testnet/$(basename -- "${BASH_SOURCE[0]}")" # for messages
@@ -372,24 +374,9 @@ sys.exit(1 if bad else 0)
 # --- small utilities ---------------------------------------------------------------
 
 DIE_MSG=""
-die() {
-  DIE_MSG="$*"
-  printf '%s: error: %s\n' "$PROG" "$*" >&2
-  exit 1
-}
 
 note() { printf '%s\n' "$*"; }
 step() { printf '==> %s\n' "$*"; }
-
-NOW_MS=0
-now_ms() {
-  if [[ -n ${EPOCHREALTIME:-} ]]; then
-    local t=${EPOCHREALTIME/[.,]/}
-    NOW_MS=$((10#$t / 1000))
-  else
-    NOW_MS=$(date +%s%3N)
-  fi
-}
 
 # pid_alive PID: the process exists and is not a zombie.
 pid_alive() {
@@ -400,34 +387,10 @@ pid_alive() {
   [[ ${stat:0:1} != Z ]]
 }
 
-# tail_file TITLE FILE: the last LOG_TAIL_LINES lines of FILE, framed.
-tail_file() {
-  printf -- '--- %s (%s), last %d lines ---\n' "$1" "$2" "$LOG_TAIL_LINES"
-  if [[ -s $2 ]]; then
-    tail -n "$LOG_TAIL_LINES" -- "$2"
-  else
-    printf '(empty or missing)\n'
-  fi
-}
-
-# has_event FILE EVENT: the (timestamped) JSON-lines FILE has an EVENT line.
-has_event() {
-  grep -qE "\"event\"[[:space:]]*:[[:space:]]*\"$2\"" "$1" 2>/dev/null
-}
-
 # has_error_kind FILE KIND: FILE has an error event of that kind.
 has_error_kind() {
   grep -E "\"event\"[[:space:]]*:[[:space:]]*\"error\"" "$1" 2>/dev/null |
     grep -qE "\"kind\"[[:space:]]*:[[:space:]]*\"$2\""
-}
-
-# stamp_lines: copy stdin to stdout, prefixing each line with epoch ms.
-stamp_lines() {
-  local line
-  while IFS= read -r line || [[ -n $line ]]; do
-    now_ms
-    printf '%s %s\n' "$NOW_MS" "$line"
-  done
 }
 
 # --- preflight ---------------------------------------------------------------------
@@ -822,13 +785,6 @@ A_PID="" B_PID=""  # joiners
 A_FD="" B_FD=""    # our write ends of their stdin fifos
 RUN_T0=""
 RUN_RECORDED=0
-
-close_stdins() {
-  if [[ -n $A_FD ]]; then exec {A_FD}>&-; fi
-  if [[ -n $B_FD ]]; then exec {B_FD}>&-; fi
-  A_FD=""
-  B_FD=""
-}
 
 # scenario_spec NAME: the lab and expectation of a scenario -> LAB_*, SC_EXPECT,
 # SC_DEADLINE. Returns 1 for an unknown name.

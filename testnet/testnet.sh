@@ -34,6 +34,8 @@ readonly LOG_TAIL_LINES=20
 
 SCRIPT_DIR="$(cd -- "$(dirname -- "${BASH_SOURCE[0]}")" && pwd)"
 readonly SCRIPT_DIR
+# shellcheck source=testnet/lib.sh
+source "$SCRIPT_DIR/lib.sh"
 SELF="$SCRIPT_DIR/$(basename -- "${BASH_SOURCE[0]}")"
 readonly SELF
 REPO_ROOT="$(dirname -- "$SCRIPT_DIR")"
@@ -239,11 +241,6 @@ for ts, _, _, label, text, ev in rows:
 
 # die MSG: print an error and exit 1 (the EXIT traps of up/demo report MSG too).
 DIE_MSG=""
-die() {
-  DIE_MSG="$*"
-  printf '%s: error: %s\n' "$PROG" "$*" >&2
-  exit 1
-}
 
 note() { printf '%s\n' "$*"; }
 step() { printf '==> %s\n' "$*"; }
@@ -253,18 +250,6 @@ need() {
   for cmd in "$@"; do
     command -v "$cmd" >/dev/null 2>&1 || die "'$cmd' is required but not installed"
   done
-}
-
-# now_ms: current wall-clock time in milliseconds, stored in NOW_MS
-# (no subshell/fork on bash >= 5 thanks to EPOCHREALTIME).
-NOW_MS=0
-now_ms() {
-  if [[ -n ${EPOCHREALTIME:-} ]]; then
-    local t=${EPOCHREALTIME/[.,]/}
-    NOW_MS=$((10#$t / 1000))
-  else
-    NOW_MS=$(date +%s%3N)
-  fi
 }
 
 # pid_alive PID: the process exists and is not a zombie.
@@ -344,16 +329,6 @@ stop_pids() {
     fi
     sleep "$POLL_INTERVAL"
   done
-}
-
-# tail_file TITLE FILE: print the last LOG_TAIL_LINES lines of FILE, framed.
-tail_file() {
-  printf -- '--- %s (%s), last %d lines ---\n' "$1" "$2" "$LOG_TAIL_LINES"
-  if [[ -s $2 ]]; then
-    tail -n "$LOG_TAIL_LINES" -- "$2"
-  else
-    printf '(empty or missing)\n'
-  fi
 }
 
 # --- binary -------------------------------------------------------------------------
@@ -619,15 +594,6 @@ DEMO_TORN_DOWN=0
 DEMO_FAIL_MSG=""
 DEMO_FAIL_PREFIX="" # measure: "run I/RUNS: " while a run is in progress
 
-# stamp_lines: copy stdin to stdout, prefixing each line with epoch ms.
-stamp_lines() {
-  local line
-  while IFS= read -r line || [[ -n $line ]]; do
-    now_ms
-    printf '%s %s\n' "$NOW_MS" "$line"
-  done
-}
-
 # mark TEXT: record one of the script's own actions in the timeline.
 mark() {
   now_ms
@@ -638,14 +604,6 @@ mark() {
 demo_fail() {
   DEMO_FAIL_MSG=$1
   exit 1
-}
-
-# close_stdins: close our ends of the joiners' stdin fifos (= EOF for them).
-close_stdins() {
-  if [[ -n $A_FD ]]; then exec {A_FD}>&-; fi
-  if [[ -n $B_FD ]]; then exec {B_FD}>&-; fi
-  A_FD=""
-  B_FD=""
 }
 
 # demo_teardown: stop everything the demo (or measure) started, processes first:
@@ -744,11 +702,6 @@ demo_wait() {
     fi
     sleep "$POLL_INTERVAL"
   done
-}
-
-# has_event FILE EVENT: the joiner output FILE contains an EVENT line.
-has_event() {
-  grep -qE "\"event\"[[:space:]]*:[[:space:]]*\"$2\"" "$1" 2>/dev/null
 }
 
 # has_message FILE TEXT: FILE has a message event whose text is exactly TEXT.
