@@ -1,7 +1,11 @@
-//! `kadrtc`: run a long-lived DHT node, or join a room and chat with every member over direct
-//! WebRTC data channels.
+//! `kadrtc`: run a long-lived DHT node, join a room and chat with every member over direct
+//! WebRTC data channels, send and receive files, or signal by copy and paste.
 
+mod config;
+mod copy_paste;
+mod files;
 mod identity;
+mod join;
 mod output;
 
 use std::io::IsTerminal as _;
@@ -10,8 +14,7 @@ use std::process::ExitCode;
 
 use anyhow::Context as _;
 use clap::{Args, Parser, Subcommand};
-use kadrtc::{Multiaddr, Node, Passphrase, PeerId, RoomConfig};
-use tokio::io::{AsyncBufReadExt as _, BufReader};
+use kadrtc::{Multiaddr, Node, Passphrase, PeerId};
 
 use crate::output::Output;
 
@@ -40,8 +43,24 @@ enum Command {
     /// Run a long-lived DHT node (bootstrap and storage for others) until Ctrl-C.
     Node(NodeArgs),
     /// Join ROOM, open a channel to every member, send each stdin line to all of them and
-    /// print what they send. End of stdin or Ctrl-C leaves the room.
+    /// print what they send. End of stdin or Ctrl-C leaves the room. Without ROOM, a new
+    /// random room is made and the command for the other side is printed.
     Join(JoinArgs),
+    /// Send FILE... to a peer in ROOM that runs `kadrtc recv`; exits 0 once it confirmed every
+    /// file.
+    Send(SendArgs),
+    /// Receive files sent to ROOM with `kadrtc send`, into --out, until Ctrl-C (or --once).
+    Recv(RecvArgs),
+    /// Copy-paste signaling with no network: print an offer line ({"type":"offer","sdp":…}),
+    /// read the answer line from stdin, then chat like `join`.
+    Offer(OfferArgs),
+    /// Copy-paste signaling with no network: read an offer line from stdin, print the answer
+    /// line, then chat like `join`.
+    Answer(OfferArgs),
+    /// Print this node's PeerId (the identity `kadrtc node` uses).
+    Id(IdArgs),
+    /// Print a shell completion script, for example `kadrtc completions bash`.
+    Completions(CompletionsArgs),
 }
 
 #[derive(Debug, Args)]
@@ -105,10 +124,9 @@ struct RelayArgs {
     relay_rate: u32,
 }
 
+/// How to be in a room: shared by `join`, `send` and `recv`.
 #[derive(Debug, Args)]
-struct JoinArgs {
-    /// The room name: everyone who uses the same name meets.
-    room: String,
+struct RoomArgs {
     /// Room passphrase: signaling is sealed under a key derived from the room name and this
     /// passphrase (argon2id), so that only members with the same passphrase can read it.
     /// Prefer the KADRTC_PASSPHRASE variable or --passphrase-file: other local users can
@@ -127,6 +145,10 @@ struct JoinArgs {
     /// Only connect to this peer (repeatable); envelopes from any other peer are ignored.
     #[arg(long, value_name = "PEERID", value_parser = parse_peer_id)]
     allow: Vec<PeerId>,
+    /// Most other members this peer connects to (a full mesh: every pair has one channel);
+    /// further members are reported and ignored until one leaves.
+    #[arg(long, value_name = "N", default_value_t = join::DEFAULT_MAX_PEERS, value_parser = clap::value_parser!(u16).range(1..=256))]
+    max_peers: u16,
     /// Also use this STUN server (repeatable), for example stun:192.0.2.1:3478. By default
     /// only the STUN and TURN servers of the kadrtc nodes this peer is connected to are used,
     /// never a public one.
@@ -136,8 +158,84 @@ struct JoinArgs {
     /// this host's IP addresses (needs a connected node started with --relay).
     #[arg(long)]
     relay_only: bool,
+}
+
+#[derive(Debug, Args)]
+struct JoinArgs {
+    /// The room name, or a kadrtc:// link printed by another `kadrtc join`: everyone who uses
+    /// the same name meets. Without it, a new random room is made.
+    room: Option<String>,
+    #[command(flatten)]
+    room_args: RoomArgs,
     #[command(flatten)]
     common: CommonArgs,
+}
+
+#[derive(Debug, Args)]
+struct SendArgs {
+    /// The room name (or kadrtc:// link) the receiver joined with `kadrtc recv`.
+    room: String,
+    /// Files to send, in order.
+    #[arg(required = true, value_name = "FILE")]
+    files: Vec<PathBuf>,
+    /// Send to this peer only; by default, to the first peer in the room that accepts files.
+    #[arg(long, value_name = "PEERID", value_parser = parse_peer_id)]
+    to: Option<PeerId>,
+    #[command(flatten)]
+    room_args: RoomArgs,
+    #[command(flatten)]
+    common: CommonArgs,
+}
+
+#[derive(Debug, Args)]
+struct RecvArgs {
+    /// The room name (or kadrtc:// link) senders use.
+    room: String,
+    /// Directory to write received files to.
+    #[arg(long, value_name = "DIR", default_value = ".")]
+    out: PathBuf,
+    /// Replace files that exist already (by default such a file is refused).
+    #[arg(long)]
+    overwrite: bool,
+    /// Exit after the first transfer (all files of one `kadrtc send`) ends.
+    #[arg(long)]
+    once: bool,
+    #[command(flatten)]
+    room_args: RoomArgs,
+    #[command(flatten)]
+    common: CommonArgs,
+}
+
+#[derive(Debug, Args)]
+struct OfferArgs {
+    /// Local IP to gather ICE candidates on (repeatable); default every IPv4 interface and
+    /// loopback.
+    #[arg(long, value_name = "IP")]
+    bind: Vec<std::net::IpAddr>,
+    /// Use this STUN server (repeatable), for example stun:192.0.2.1:3478. There is none by
+    /// default: only host candidates are offered.
+    #[arg(long, value_name = "URL", value_parser = parse_stun_url)]
+    stun: Vec<String>,
+    /// Print one JSON object per line on stdout instead of text (after the offer or answer
+    /// line, which is JSON either way).
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Debug, Args)]
+struct IdArgs {
+    /// Identity file to read (created if missing); default the one `kadrtc node` uses.
+    #[arg(long, value_name = "FILE")]
+    identity: Option<PathBuf>,
+    /// Print {"peer_id": …, "identity": …} instead of text.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Debug, Args)]
+struct CompletionsArgs {
+    /// The shell to complete for.
+    shell: clap_complete::Shell,
 }
 
 fn main() -> ExitCode {
@@ -160,12 +258,26 @@ fn main() -> ExitCode {
     let json = match &cli.command {
         Command::Node(args) => args.common.json,
         Command::Join(args) => args.common.json,
+        Command::Send(args) => args.common.json,
+        Command::Recv(args) => args.common.json,
+        Command::Offer(args) | Command::Answer(args) => args.json,
+        Command::Id(args) => args.json,
+        Command::Completions(_) => false,
     };
     let out = Output::new(json);
     let result = runtime.block_on(async {
         match cli.command {
             Command::Node(args) => run_node(args, &out).await,
-            Command::Join(args) => run_join(args, &out).await,
+            Command::Join(args) => join::run_join(args, &out).await,
+            Command::Send(args) => files::run_send(args, &out).await,
+            Command::Recv(args) => files::run_recv(args, &out).await,
+            Command::Offer(args) => copy_paste::run_offer(args, &out).await,
+            Command::Answer(args) => copy_paste::run_answer(args, &out).await,
+            Command::Id(args) => config::run_id(args, &out),
+            Command::Completions(args) => {
+                config::run_completions(args);
+                Ok(())
+            }
         }
     });
     // Do not wait for the blocking stdin reader thread.
@@ -184,19 +296,19 @@ async fn start_node(
     args: &CommonArgs,
     stun: Option<u16>,
     relay: Option<&RelayArgs>,
-    join: Option<&JoinArgs>,
+    room: Option<&RoomArgs>,
 ) -> anyhow::Result<Node> {
     let mut builder = Node::builder();
-    if join.is_none() {
+    if room.is_none() {
         // A long-lived node serves the DHT; a joiner serves it only when it has no bootstrap
         // node, and otherwise only uses it (NodeBuilder::dht_server).
         builder = builder.dht_server(true);
     }
-    if let Some(join) = join {
-        for url in &join.stun {
+    if let Some(room) = room {
+        for url in &room.stun {
             builder = builder.ice_server(url.clone());
         }
-        builder = builder.relay_only(join.relay_only);
+        builder = builder.relay_only(room.relay_only);
     }
     if let Some(port) = stun {
         builder = builder.stun(port);
@@ -237,79 +349,6 @@ async fn run_node(args: NodeArgs, out: &Output) -> anyhow::Result<()> {
     let node = start_node(&args.common, stun, Some(&args.relay), None).await?;
     out.ready(&node);
     shutdown_signal().await
-}
-
-async fn run_join(args: JoinArgs, out: &Output) -> anyhow::Result<()> {
-    let node = start_node(&args.common, None, None, Some(&args)).await?;
-    out.ready(&node);
-    if args.common.bootstrap.is_empty() {
-        tracing::warn!("no --bootstrap given: only peers that connect to this node can be found");
-    }
-    let mut config = RoomConfig {
-        passphrase: passphrase(&args)?,
-        ..RoomConfig::default()
-    };
-    if !args.allow.is_empty() {
-        config = config.with_allow(args.allow.iter().copied());
-    }
-    let mut room = node
-        .join_with(&args.room, config)
-        .await
-        .with_context(|| format!("cannot join room {:?}", args.room))?;
-    out.joined(&args.room);
-    let mut lines = BufReader::new(tokio::io::stdin()).lines();
-    let mut stdin_open = true;
-    // Created once, so that a signal arriving while the loop body runs is not lost.
-    let shutdown = shutdown_signal();
-    tokio::pin!(shutdown);
-    loop {
-        tokio::select! {
-            line = lines.next_line(), if stdin_open => match line {
-                Ok(Some(line)) => {
-                    if room.broadcast(line.as_bytes()).await == 0 {
-                        out.error("no open channel yet; message not sent");
-                    }
-                }
-                Ok(None) => stdin_open = false,
-                Err(error) => {
-                    tracing::warn!(%error, "cannot read stdin");
-                    stdin_open = false;
-                }
-            },
-            event = room.next_event() => match event {
-                Some(event) => out.room_event(&event),
-                None => break,
-            },
-            result = &mut shutdown => {
-                result?;
-                break;
-            }
-        }
-        if !stdin_open {
-            break;
-        }
-    }
-    room.leave().await;
-    Ok(())
-}
-
-/// The passphrase from --passphrase / KADRTC_PASSPHRASE, or the first line of
-/// --passphrase-file (whose text is wiped from memory once read).
-fn passphrase(args: &JoinArgs) -> anyhow::Result<Option<Passphrase>> {
-    if let Some(path) = &args.passphrase_file {
-        let text = zeroize::Zeroizing::new(
-            std::fs::read_to_string(path)
-                .with_context(|| format!("cannot read the passphrase file {}", path.display()))?,
-        );
-        let line = text.lines().next().unwrap_or_default();
-        anyhow::ensure!(
-            !line.is_empty(),
-            "the passphrase file {} is empty",
-            path.display()
-        );
-        return Ok(Some(Passphrase::new(line)));
-    }
-    Ok(args.passphrase.clone())
 }
 
 fn parse_passphrase(text: &str) -> Result<Passphrase, String> {

@@ -46,6 +46,19 @@ impl Output {
         }
     }
 
+    /// A room made from nothing: how the other side joins it.
+    pub fn room_created(&self, room: &str, link: &str) {
+        let command = format!("kadrtc join {link}");
+        if self.json {
+            self.line(
+                json!({"event": "room_created", "room": room, "link": link, "command": command}),
+            );
+        } else {
+            self.text(&format!("* made a new room {room}; on the other side run:"));
+            self.text(&format!("    {command}"));
+        }
+    }
+
     pub fn joined(&self, room: &str) {
         if !self.json {
             self.text(&format!(
