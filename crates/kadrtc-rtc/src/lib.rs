@@ -1,7 +1,9 @@
 //! kadrtc's WebRTC layer: the only crate that depends on `webrtc` (webrtc-rs 0.21).
 //!
 //! One [`PeerConnection`] per negotiation attempt, with one reliable, ordered data channel
-//! (RFC 8831) labelled [`CHANNEL_LABEL`]. Everything the connection reports arrives as
+//! (RFC 8831) labelled [`CHANNEL_LABEL`], and side channels (labels starting with
+//! [`SIDE_LABEL_PREFIX`], each with its own message queue) that either side opens later with
+//! [`PeerConnection::open_side_channel`], for example for a file transfer. Everything the connection reports arrives as
 //! [`RtcEvent`]s on a bounded channel, tagged with a value of the caller's choosing (kadrtc
 //! tags them with the remote peer and the session id).
 //!
@@ -35,7 +37,7 @@ pub use runtime::UDP_BUFFER_SIZE;
 
 use std::fmt;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock, Weak};
 use std::time::Duration;
 
@@ -52,6 +54,21 @@ use webrtc::peer_connection::{
 
 /// Label of the data channel kadrtc opens between two peers.
 pub const CHANNEL_LABEL: &str = "kadrtc";
+
+/// Labels of side channels start with this (`kadrtc-file`, for example); the remote's other
+/// channels are closed.
+pub const SIDE_LABEL_PREFIX: &str = "kadrtc-";
+
+/// Most side channels open on one connection at once, opened by either side; a further one
+/// from the remote is closed, and [`PeerConnection::open_side_channel`] refuses one over it.
+pub const MAX_SIDE_CHANNELS: usize = 8;
+
+/// Messages a side channel holds for its reader; while it is full, webrtc-rs stops reading
+/// the connection (receive backpressure, which holds up every channel of the connection).
+pub const SIDE_CHANNEL_QUEUE: usize = 64;
+
+/// How long [`PeerConnection::open_side_channel`] waits for the remote to open the channel.
+pub const SIDE_CHANNEL_OPEN_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Bytes a channel may have handed to SCTP but not yet had acknowledged before
 /// [`Channel::send`] waits (send backpressure). 1 MiB matches the SCTP receive window.
@@ -97,6 +114,10 @@ pub struct RtcConfig {
     /// Whether the offerer's data channel delivers messages in order (`ordered`, W3C WebRTC
     /// §6.2; RFC 8831 §6.4). Either way it is reliable. Default `true`.
     pub ordered: bool,
+    /// Take the remote's first data channel as the main channel whatever its label, instead of
+    /// only one labelled [`CHANNEL_LABEL`]: for answering an offer from another WebRTC
+    /// implementation (a browser tab names its channel as it likes). Default `false`.
+    pub any_remote_label: bool,
 }
 
 /// One STUN or TURN server for ICE gathering (the `RTCIceServer` dictionary of W3C WebRTC
@@ -186,6 +207,9 @@ pub enum RtcEvent {
     GatheringComplete,
     /// The data channel is open.
     ChannelOpen(Channel),
+    /// The remote opened a side channel (label starting with [`SIDE_LABEL_PREFIX`]), and it
+    /// is open. Its messages arrive on it, not as [`RtcEvent::Message`].
+    SideChannelOpen(SideChannel),
     /// A message arrived on the data channel.
     Message(Vec<u8>),
     /// The data channel closed.
@@ -211,6 +235,13 @@ pub enum RtcError {
     /// The DTLS handshake has not presented a remote certificate (the channel is not open).
     #[error("no remote DTLS certificate yet")]
     NoRemoteCertificate,
+    /// [`MAX_SIDE_CHANNELS`] side channels are open on this connection already.
+    #[error("{MAX_SIDE_CHANNELS} side channels are open already")]
+    TooManySideChannels,
+    /// A side channel did not open within [`SIDE_CHANNEL_OPEN_TIMEOUT`], or the connection
+    /// closed first.
+    #[error("the side channel did not open")]
+    SideChannelNotOpen,
     /// A message is larger than [`MAX_MESSAGE_SIZE`].
     #[error("message is {size} bytes; at most {MAX_MESSAGE_SIZE} are allowed")]
     MessageTooLarge {
@@ -227,13 +258,17 @@ pub enum RtcError {
     InvalidCandidate(String),
 }
 
-/// One WebRTC peer connection with kadrtc's data channel.
+/// One WebRTC peer connection with kadrtc's data channel. Cheap to clone; clones share the
+/// connection.
+#[derive(Clone)]
 pub struct PeerConnection {
     inner: Arc<dyn webrtc::peer_connection::PeerConnection>,
     /// Shared with the event handler: see `Handler::channel_taken`.
     channel_taken: Arc<AtomicBool>,
     /// Starts forwarding a locally created channel's events, tagged like the connection's.
-    watch: Box<dyn Fn(Arc<dyn DataChannel>) + Send + Sync>,
+    watch: Arc<dyn Fn(Arc<dyn DataChannel>) + Send + Sync>,
+    /// Side channels open now, shared with the event handler.
+    side_channels: Arc<AtomicUsize>,
     /// See [`RtcConfig::ordered`].
     ordered: bool,
 }
@@ -243,6 +278,17 @@ pub struct PeerConnection {
 pub struct Channel {
     inner: Arc<dyn DataChannel>,
 }
+
+/// An open side channel: a [`Channel`] to send on, and its own queue of received messages
+/// (at most [`SIDE_CHANNEL_QUEUE`]). Dropping it closes the channel.
+pub struct SideChannel {
+    label: String,
+    channel: Channel,
+    messages: mpsc::Receiver<Vec<u8>>,
+}
+
+/// Counts one open side channel; the count drops with it.
+struct SideSlot(Arc<AtomicUsize>);
 
 struct Handler<T> {
     tag: T,
@@ -254,6 +300,10 @@ struct Handler<T> {
     connection: Arc<OnceLock<Weak<dyn webrtc::peer_connection::PeerConnection>>>,
     /// Set when the data channel opens.
     opened: Arc<AtomicBool>,
+    /// Side channels open now.
+    side_channels: Arc<AtomicUsize>,
+    /// See [`RtcConfig::any_remote_label`].
+    any_remote_label: bool,
 }
 
 impl RtcConfig {
@@ -264,6 +314,7 @@ impl RtcConfig {
             ice_servers: Vec::new(),
             relay_only: false,
             ordered: true,
+            any_remote_label: false,
         }
     }
 
@@ -277,6 +328,7 @@ impl RtcConfig {
             ice_servers: Vec::new(),
             relay_only: false,
             ordered: true,
+            any_remote_label: false,
         }
     }
 }
@@ -336,6 +388,7 @@ impl PeerConnection {
         let channel_taken = Arc::new(AtomicBool::new(false));
         let connection = Arc::new(OnceLock::new());
         let opened = Arc::new(AtomicBool::new(false));
+        let side_channels = Arc::new(AtomicUsize::new(0));
         let pc = PeerConnectionBuilder::new()
             .with_configuration(configuration)
             .with_setting_engine(settings)
@@ -345,6 +398,8 @@ impl PeerConnection {
                 channel_taken: channel_taken.clone(),
                 connection: connection.clone(),
                 opened: opened.clone(),
+                side_channels: side_channels.clone(),
+                any_remote_label: config.any_remote_label,
             }))
             .with_udp_addrs(bind)
             .with_runtime(Arc::new(runtime::BufferedRuntime::new()))
@@ -357,7 +412,8 @@ impl PeerConnection {
         Ok(Self {
             inner: pc,
             channel_taken,
-            watch: Box::new(move |channel| {
+            side_channels,
+            watch: Arc::new(move |channel| {
                 tokio::spawn(pump_channel(
                     channel,
                     tag.clone(),
@@ -502,6 +558,41 @@ impl PeerConnection {
         })
     }
 
+    /// Opens a reliable, ordered side channel labelled `label` (which must start with
+    /// [`SIDE_LABEL_PREFIX`]) on this connected peer connection and waits until it is open
+    /// (RFC 8832's DCEP handshake), at most [`SIDE_CHANNEL_OPEN_TIMEOUT`].
+    ///
+    /// # Errors
+    ///
+    /// [`RtcError::TooManySideChannels`] over [`MAX_SIDE_CHANNELS`];
+    /// [`RtcError::SideChannelNotOpen`] when it does not open in time; [`RtcError::Webrtc`]
+    /// when webrtc-rs refuses it (the connection is not established, or the label is not a
+    /// side label).
+    pub async fn open_side_channel(&self, label: &str) -> Result<SideChannel, RtcError> {
+        if !is_side_label(label) {
+            return Err(RtcError::Webrtc(format!(
+                "side channel labels start with {SIDE_LABEL_PREFIX:?}; {label:?} does not"
+            )));
+        }
+        let slot = SideSlot::take(&self.side_channels).ok_or(RtcError::TooManySideChannels)?;
+        let channel = self
+            .inner
+            .create_data_channel(label, Some(RTCDataChannelInit::default()))
+            .await
+            .map_err(webrtc_error)?;
+        let (open_tx, open_rx) = tokio::sync::oneshot::channel();
+        tokio::spawn(pump_side_channel::<()>(
+            channel,
+            label.to_string(),
+            slot,
+            SideOpen::Reply(open_tx),
+        ));
+        match tokio::time::timeout(SIDE_CHANNEL_OPEN_TIMEOUT, open_rx).await {
+            Ok(Ok(side)) => Ok(side),
+            _ => Err(RtcError::SideChannelNotOpen),
+        }
+    }
+
     /// Closes the connection and its channel.
     pub async fn close(&self) {
         if let Err(error) = self.inner.close().await {
@@ -577,12 +668,90 @@ impl Channel {
             .map_err(webrtc_error)
     }
 
+    /// Sends one text message (a string message in a browser's `onmessage`, RFC 8831 §6.6
+    /// PPID 51); waits as [`Channel::send`].
+    ///
+    /// # Errors
+    ///
+    /// As [`Channel::send`].
+    pub async fn send_text(&self, text: &str) -> Result<(), RtcError> {
+        if text.len() > MAX_MESSAGE_SIZE {
+            return Err(RtcError::MessageTooLarge { size: text.len() });
+        }
+        self.inner.send_text(text).await.map_err(webrtc_error)
+    }
+
     /// Closes the channel.
     pub async fn close(&self) {
         if let Err(error) = self.inner.close().await {
             tracing::debug!(%error, "closing data channel");
         }
     }
+}
+
+impl SideChannel {
+    /// The channel's label.
+    pub fn label(&self) -> &str {
+        &self.label
+    }
+
+    /// The channel, to send on (clones may be kept after this side channel is dropped).
+    pub fn channel(&self) -> &Channel {
+        &self.channel
+    }
+
+    /// The next message from the remote, or `None` once the channel closed.
+    pub async fn recv(&mut self) -> Option<Vec<u8>> {
+        self.messages.recv().await
+    }
+
+    /// Sends one message; as [`Channel::send`].
+    ///
+    /// # Errors
+    ///
+    /// As [`Channel::send`].
+    pub async fn send(&self, data: &[u8]) -> Result<(), RtcError> {
+        self.channel.send(data).await
+    }
+}
+
+impl Drop for SideChannel {
+    fn drop(&mut self) {
+        let channel = self.channel.clone();
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            runtime.spawn(async move { channel.close().await });
+        }
+    }
+}
+
+impl fmt::Debug for SideChannel {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SideChannel")
+            .field("label", &self.label)
+            .finish_non_exhaustive()
+    }
+}
+
+impl SideSlot {
+    /// A slot, when fewer than [`MAX_SIDE_CHANNELS`] are taken.
+    fn take(count: &Arc<AtomicUsize>) -> Option<Self> {
+        count
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (n < MAX_SIDE_CHANNELS).then_some(n + 1)
+            })
+            .ok()
+            .map(|_| Self(count.clone()))
+    }
+}
+
+impl Drop for SideSlot {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+fn is_side_label(label: &str) -> bool {
+    label.len() > SIDE_LABEL_PREFIX.len() && label.starts_with(SIDE_LABEL_PREFIX)
 }
 
 impl fmt::Debug for Channel {
@@ -636,10 +805,23 @@ impl<T: Clone + Send + Sync + 'static> PeerConnectionEventHandler for Handler<T>
     }
 
     async fn on_data_channel(&self, channel: Arc<dyn DataChannel>) {
-        // The remote may open one channel, labelled CHANNEL_LABEL; anything else is closed so
-        // that a peer cannot multiply channels or replace the one in use.
+        // The remote may open one main channel, labelled CHANNEL_LABEL (any label with
+        // `any_remote_label`), and up to MAX_SIDE_CHANNELS side channels at once; anything
+        // else is closed so that a peer cannot multiply channels or replace the one in use.
         let label = channel.label().await.unwrap_or_default();
-        if label != CHANNEL_LABEL || self.channel_taken.swap(true, Ordering::SeqCst) {
+        if is_side_label(&label) && self.channel_taken.load(Ordering::SeqCst) {
+            if let Some(slot) = SideSlot::take(&self.side_channels) {
+                tokio::spawn(pump_side_channel(
+                    channel,
+                    label,
+                    slot,
+                    SideOpen::Event(self.tag.clone(), self.events.clone()),
+                ));
+                return;
+            }
+        }
+        let main_label = label == CHANNEL_LABEL || self.any_remote_label;
+        if !main_label || self.channel_taken.swap(true, Ordering::SeqCst) {
             tracing::warn!(%label, "unexpected data channel from the remote closed");
             if let Err(error) = channel.close().await {
                 tracing::debug!(%error, "closing unexpected data channel");
@@ -687,6 +869,60 @@ async fn wake_until_open(
         }
         drop(pc);
         tokio::time::sleep(SETUP_WAKE_INTERVAL).await;
+    }
+}
+
+/// Where a side channel goes once open.
+enum SideOpen<T> {
+    /// To the caller of [`PeerConnection::open_side_channel`].
+    Reply(tokio::sync::oneshot::Sender<SideChannel>),
+    /// As an [`RtcEvent::SideChannelOpen`] tagged `T`.
+    Event(T, mpsc::Sender<(T, RtcEvent)>),
+}
+
+/// Forwards one side channel's messages to its [`SideChannel`] until it closes or the
+/// [`SideChannel`] is dropped; holds its slot as long.
+async fn pump_side_channel<T>(
+    channel: Arc<dyn DataChannel>,
+    label: String,
+    _slot: SideSlot,
+    open: SideOpen<T>,
+) {
+    let (tx, messages) = mpsc::channel(SIDE_CHANNEL_QUEUE);
+    let mut pending = Some((open, messages));
+    while let Some(event) = channel.poll().await {
+        match event {
+            DataChannelEvent::OnOpen => {
+                let Some((open, messages)) = pending.take() else {
+                    continue;
+                };
+                let side = SideChannel {
+                    label: label.clone(),
+                    channel: Channel {
+                        inner: channel.clone(),
+                    },
+                    messages,
+                };
+                let delivered = match open {
+                    SideOpen::Reply(reply) => reply.send(side).is_ok(),
+                    SideOpen::Event(tag, events) => events
+                        .send((tag, RtcEvent::SideChannelOpen(side)))
+                        .await
+                        .is_ok(),
+                };
+                if !delivered {
+                    return;
+                }
+            }
+            DataChannelEvent::OnMessage(message) => {
+                if tx.send(message.data.to_vec()).await.is_err() {
+                    // The SideChannel was dropped (and closes the channel).
+                    return;
+                }
+            }
+            DataChannelEvent::OnClose => return,
+            _ => {}
+        }
     }
 }
 

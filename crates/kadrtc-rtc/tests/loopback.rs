@@ -3,7 +3,10 @@
 
 use std::time::Duration;
 
-use kadrtc_rtc::{CandidatePair, CandidateType, PeerConnection, RtcConfig, RtcEvent};
+use kadrtc_rtc::{
+    CandidatePair, CandidateType, PeerConnection, RtcConfig, RtcError, RtcEvent, SideChannel,
+    MAX_SIDE_CHANNELS,
+};
 use tokio::time::timeout;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -65,6 +68,106 @@ async fn loopback_pair_opens_a_channel_and_carries_messages_both_ways() {
     });
     assert_eq!(offerer.selected_candidate_pair().await, direct);
     assert_eq!(answerer.selected_candidate_pair().await, direct);
+    offerer.close().await;
+    answerer.close().await;
+}
+
+/// Connects two peer connections on loopback and returns them once both main channels are
+/// open, with the event receiver.
+async fn connected_pair() -> (
+    PeerConnection,
+    PeerConnection,
+    tokio::sync::mpsc::Receiver<(char, RtcEvent)>,
+) {
+    let (tx, mut rx) = tokio::sync::mpsc::channel(64);
+    let offerer = PeerConnection::new(&RtcConfig::loopback(), 'a', tx.clone())
+        .await
+        .unwrap();
+    let answerer = PeerConnection::new(&RtcConfig::loopback(), 'b', tx)
+        .await
+        .unwrap();
+    let offer = offerer.create_offer().await.unwrap();
+    let answer = answerer.accept_offer(offer, &[]).await.unwrap();
+    offerer.apply_answer(answer, &[]).await.unwrap();
+    let mut open = 0;
+    timeout(Duration::from_secs(20), async {
+        while open < 2 {
+            match rx.recv().await.expect("events until both channels open") {
+                ('a', RtcEvent::LocalCandidate(c)) => answerer.add_candidate(c).await.unwrap(),
+                ('b', RtcEvent::LocalCandidate(c)) => offerer.add_candidate(c).await.unwrap(),
+                (_, RtcEvent::ChannelOpen(_)) => open += 1,
+                _ => {}
+            }
+        }
+    })
+    .await
+    .expect("main channels open within the deadline");
+    (offerer, answerer, rx)
+}
+
+/// The next side channel the remote opened.
+async fn next_side_channel(
+    rx: &mut tokio::sync::mpsc::Receiver<(char, RtcEvent)>,
+    on: char,
+) -> SideChannel {
+    timeout(Duration::from_secs(10), async {
+        loop {
+            if let (tag, RtcEvent::SideChannelOpen(side)) = rx.recv().await.expect("events") {
+                assert_eq!(tag, on);
+                return side;
+            }
+        }
+    })
+    .await
+    .expect("side channel reported within the deadline")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn either_side_opens_side_channels_with_their_own_messages_up_to_the_limit() {
+    let (offerer, answerer, mut rx) = connected_pair().await;
+
+    // The answerer opens one: the offerer is told, and messages flow both ways on it.
+    let mut mine = answerer.open_side_channel("kadrtc-file").await.unwrap();
+    let mut theirs = next_side_channel(&mut rx, 'a').await;
+    assert_eq!(theirs.label(), "kadrtc-file");
+    mine.send(b"chunk").await.unwrap();
+    assert_eq!(theirs.recv().await.unwrap(), b"chunk");
+    theirs.send(b"ack").await.unwrap();
+    assert_eq!(mine.recv().await.unwrap(), b"ack");
+
+    // Dropping one end closes the other.
+    drop(mine);
+    let closed = timeout(Duration::from_secs(10), theirs.recv()).await;
+    assert_eq!(closed.expect("close seen within the deadline"), None);
+
+    // The offerer may hold MAX_SIDE_CHANNELS at once, not one more; a freed slot is reusable.
+    let mut held = Vec::new();
+    for _ in 0..MAX_SIDE_CHANNELS {
+        held.push(offerer.open_side_channel("kadrtc-file").await.unwrap());
+        held.push(next_side_channel(&mut rx, 'b').await);
+    }
+    assert!(matches!(
+        offerer.open_side_channel("kadrtc-file").await,
+        Err(RtcError::TooManySideChannels)
+    ));
+    held.truncate(held.len() - 2);
+    // The slot frees once the pump sees the close; wait for it with a deadline.
+    timeout(Duration::from_secs(10), async {
+        loop {
+            match offerer.open_side_channel("kadrtc-file").await {
+                Ok(side) => return side,
+                Err(RtcError::TooManySideChannels) => {
+                    tokio::time::sleep(Duration::from_millis(20)).await
+                }
+                Err(other) => panic!("unexpected error {other}"),
+            }
+        }
+    })
+    .await
+    .expect("a closed side channel frees its slot");
+
+    // Labels outside the side prefix are refused.
+    assert!(offerer.open_side_channel("chat").await.is_err());
     offerer.close().await;
     answerer.close().await;
 }
