@@ -915,10 +915,10 @@ async fn pump_side_channel<T>(
                 }
             }
             DataChannelEvent::OnMessage(message) => {
-                if tx.send(message.data.to_vec()).await.is_err() {
+                let Ok(()) = tx.send(message.data.to_vec()).await else {
                     // The SideChannel was dropped (and closes the channel).
                     return;
-                }
+                };
             }
             DataChannelEvent::OnClose => return,
             _ => {}

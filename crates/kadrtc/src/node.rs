@@ -374,6 +374,7 @@ impl NodeInner {
             ice_servers: self.ice.servers(&self.dht).await,
             relay_only: self.relay_only,
             ordered: true,
+            any_remote_label: false,
         }
     }
 }
