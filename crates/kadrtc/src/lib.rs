@@ -38,21 +38,25 @@
 #![deny(missing_docs)]
 #![cfg_attr(not(test), deny(clippy::unwrap_used))]
 
+mod channel;
+pub mod file;
 mod ice;
 mod identity;
 mod node;
 mod room;
 
+pub use channel::{Channel, PeerInfo, MAX_MESSAGE_SIZE};
+pub use file::{FileError, FileReceipt, FileTransfer, IncomingFile, Progress};
 pub use identity::{Identity, IdentityError};
 pub use kadrtc_dht::{
     DEFAULT_BYTES_PER_SECOND, DEFAULT_MAX_ALLOCATIONS, DEFAULT_STUN_PORT, DEFAULT_TURN_PORT,
 };
 pub use kadrtc_proto::{BindingError, KeyError, NegotiationConfig};
-pub use kadrtc_rtc::{CandidatePair, CandidateType, IceServer, MAX_MESSAGE_SIZE};
+pub use kadrtc_rtc::{CandidatePair, CandidateType, IceServer};
 pub use libp2p::{Multiaddr, PeerId};
 pub use node::{JoinError, Node, NodeBuilder, NodeError};
 pub use room::{
-    Discovery, Passphrase, Room, RoomConfig, RoomError, RoomEvent, SendError,
+    Discovery, Passphrase, PingError, Room, RoomConfig, RoomError, RoomEvent, SendError,
     DEFAULT_DISCOVERY_INITIAL, DEFAULT_DISCOVERY_MAX, DEFAULT_ENVELOPE_TTL, DEFAULT_MAX_PEERS,
-    EVENT_CHANNEL_CAPACITY,
+    EVENT_CHANNEL_CAPACITY, PEER_TIMEOUT, PING_INTERVAL,
 };

@@ -14,12 +14,14 @@ use kadrtc_proto::{
     Fingerprint, KeyError, Negotiation, NegotiationConfig, Role, RoomId, RoomKey, RoomName, Sealed,
     SessionId, ENVELOPE_VERSION,
 };
-use kadrtc_rtc::{CandidatePair, Channel, IceServer, PeerConnection, RtcError, RtcEvent};
+use kadrtc_rtc::{CandidatePair, IceServer, PeerConnection, RtcError, RtcEvent};
 use libp2p::PeerId;
 use thiserror::Error;
 use tokio::sync::{mpsc, oneshot, watch};
 use zeroize::{Zeroize, ZeroizeOnDrop};
 
+use crate::channel::{frame, ping_frame, ping_nonce, Channel, PeerInfo};
+use crate::file::{self, IncomingFile, FILE_LABEL};
 use crate::node::NodeInner;
 
 /// How long a published envelope stays valid, and how long storing nodes keep a mailbox
@@ -31,10 +33,16 @@ pub const DEFAULT_ENVELOPE_TTL: Duration = Duration::from_secs(120);
 pub const DEFAULT_DISCOVERY_INITIAL: Duration = Duration::from_millis(10);
 /// Longest interval between presence lookups.
 pub const DEFAULT_DISCOVERY_MAX: Duration = Duration::from_secs(10);
-/// Most peers one room tracks at once; further peers are ignored until one leaves. Each
-/// tracked peer has at most one live session (one peer connection), so this also bounds the
-/// sessions of a room.
-pub const DEFAULT_MAX_PEERS: usize = 64;
+/// Most peers one room tracks at once (a full mesh: one channel per pair); further peers are
+/// reported ([`RoomError::RoomFull`]) and ignored until one leaves. Each tracked peer has at
+/// most one live session (one peer connection), so this also bounds the sessions of a room.
+pub const DEFAULT_MAX_PEERS: usize = 16;
+/// How often every open channel is pinged (round-trip times for [`Room::peers`], and
+/// liveness).
+pub const PING_INTERVAL: Duration = Duration::from_secs(1);
+/// An open channel that carried nothing (not even a pong) for this long is taken as gone:
+/// [`RoomEvent::PeerLeft`] is reported and the pair negotiates again if the peer comes back.
+pub const PEER_TIMEOUT: Duration = Duration::from_secs(4);
 /// Capacity of the room's event channel to the application.
 pub const EVENT_CHANNEL_CAPACITY: usize = 256;
 /// Capacity of the channel carrying WebRTC events into the room actor.
@@ -124,7 +132,12 @@ pub enum RoomEvent {
         /// The message, as sent.
         data: Vec<u8>,
     },
-    /// `peer` left the room, or its open channel closed.
+    /// `peer` offers a file on a channel of its own: accept it with
+    /// [`IncomingFile::accept`] or refuse it with [`IncomingFile::reject`] (dropping it
+    /// refuses it).
+    IncomingFile(IncomingFile),
+    /// `peer` left the room, its open channel closed, or it answered no ping for
+    /// [`PEER_TIMEOUT`].
     PeerLeft {
         /// The member.
         peer: PeerId,
@@ -178,6 +191,13 @@ pub enum RoomError {
         /// Whether this side had a TURN relay to try.
         relay_known: bool,
     },
+    /// The room has [`RoomConfig::max_peers`] members already: this peer is ignored until
+    /// one leaves (reported once per peer while the room stays full).
+    #[error("the room is full ({max} peers); this peer is ignored until one leaves")]
+    RoomFull {
+        /// The limit.
+        max: usize,
+    },
 }
 
 fn no_path_text(relay_known: bool) -> &'static str {
@@ -207,14 +227,51 @@ pub enum SendError {
     },
 }
 
+/// Why [`Room::ping`] failed.
+#[derive(Debug, Error)]
+#[non_exhaustive]
+pub enum PingError {
+    /// There is no open channel to this peer.
+    #[error("no open channel to {0}")]
+    NoChannel(PeerId),
+    /// No answer within the timeout, or the channel closed first.
+    #[error("no answer from {0}")]
+    NoAnswer(PeerId),
+}
+
 /// A joined room. Events come from [`Room::next_event`]; [`Room::leave`] (or dropping the
 /// room) announces the departure and closes every channel.
 pub struct Room {
     name: RoomName,
     local: PeerId,
     events: mpsc::Receiver<RoomEvent>,
-    commands: mpsc::Sender<oneshot::Sender<()>>,
-    channels: Arc<RwLock<HashMap<PeerId, Channel>>>,
+    commands: mpsc::Sender<Command>,
+    channels: Links,
+}
+
+/// The open channels of a room, by peer, shared between the room actor and its handle.
+type Links = Arc<RwLock<HashMap<PeerId, Link>>>;
+
+/// One open channel and what is known about it.
+struct Link {
+    channel: Channel,
+    info: PeerInfo,
+}
+
+/// What the [`Room`] handle asks of its actor.
+enum Command {
+    Leave(oneshot::Sender<()>),
+    Ping {
+        peer: PeerId,
+        reply: oneshot::Sender<Duration>,
+    },
+}
+
+/// A ping waiting for its pong.
+struct PendingPing {
+    peer: PeerId,
+    sent_at: Instant,
+    reply: Option<oneshot::Sender<Duration>>,
 }
 
 struct RoomActor {
@@ -226,7 +283,7 @@ struct RoomActor {
     config: RoomConfig,
     joined_at: Instant,
     peers: HashMap<PeerId, PeerEntry>,
-    channels: Arc<RwLock<HashMap<PeerId, Channel>>>,
+    channels: Links,
     events: mpsc::Sender<RoomEvent>,
     rtc_tx: mpsc::Sender<(PeerTag, RtcEvent)>,
     internal_tx: mpsc::Sender<Internal>,
@@ -239,6 +296,10 @@ struct RoomActor {
     discovery_in_flight: bool,
     /// Bounds the wrong-passphrase events, see [`MAX_WRONG_PASSPHRASE_REPORTS_PER_MINUTE`].
     wrong_passphrase_reports: governor::DefaultDirectRateLimiter,
+    /// Peers refused because the room was full, reported once each until a slot frees.
+    refused_full: HashSet<PeerId>,
+    next_ping: Instant,
+    pings: HashMap<u64, PendingPing>,
 }
 
 struct PeerEntry {
@@ -257,11 +318,13 @@ struct PeerEntry {
     /// candidate pair yet (or that cannot have one: relay-only with no relay known): if its
     /// attempt fails, it is reported as [`RoomError::NoPath`].
     seeking_path: Option<SessionId>,
+    /// When the open channel last carried a message from the peer.
+    last_heard: Instant,
 }
 
 struct PendingBinding {
     session: SessionId,
-    channel: Channel,
+    channel: kadrtc_rtc::Channel,
     transcript: ChannelBinding,
 }
 
@@ -379,6 +442,9 @@ impl Room {
                 std::num::NonZeroU32::new(MAX_WRONG_PASSPHRASE_REPORTS_PER_MINUTE)
                     .unwrap_or(std::num::NonZeroU32::MIN),
             )),
+            refused_full: HashSet::new(),
+            next_ping: joined_at + PING_INTERVAL,
+            pings: HashMap::new(),
         };
         tokio::spawn(actor.run(commands_rx, topic_rx, rtc_rx, internal_rx));
         Ok(Self {
@@ -402,12 +468,46 @@ impl Room {
 
     /// The peers with an open channel.
     pub fn connected_peers(&self) -> Vec<PeerId> {
-        self.channels
-            .read()
-            .unwrap_or_else(PoisonError::into_inner)
-            .keys()
-            .copied()
+        self.links().keys().copied().collect()
+    }
+
+    /// Every member with an open channel, with its round-trip time and path, in no order.
+    pub fn peers(&self) -> Vec<PeerInfo> {
+        self.links()
+            .values()
+            .map(|link| link.info.clone())
             .collect()
+    }
+
+    /// The open channel to `peer`, to send messages or files on.
+    pub fn channel(&self, peer: PeerId) -> Option<Channel> {
+        self.links().get(&peer).map(|link| link.channel.clone())
+    }
+
+    /// Pings `peer` over its channel and returns the round-trip time, waiting at most
+    /// [`PEER_TIMEOUT`].
+    ///
+    /// # Errors
+    ///
+    /// [`PingError::NoChannel`] when no channel to `peer` is open; [`PingError::NoAnswer`]
+    /// when no answer came in time.
+    pub async fn ping(&self, peer: PeerId) -> Result<Duration, PingError> {
+        if !self.links().contains_key(&peer) {
+            return Err(PingError::NoChannel(peer));
+        }
+        let (reply, answer) = oneshot::channel();
+        if self
+            .commands
+            .send(Command::Ping { peer, reply })
+            .await
+            .is_err()
+        {
+            return Err(PingError::NoChannel(peer));
+        }
+        match tokio::time::timeout(PEER_TIMEOUT, answer).await {
+            Ok(Ok(rtt)) => Ok(rtt),
+            _ => Err(PingError::NoAnswer(peer)),
+        }
     }
 
     /// The next event, or `None` once the room has been left.
@@ -415,45 +515,38 @@ impl Room {
         self.events.recv().await
     }
 
-    /// Sends one message (at most [`kadrtc_rtc::MAX_MESSAGE_SIZE`] bytes) to `peer`; waits
-    /// while the channel's send buffer is full.
+    /// Sends one message (at most [`crate::MAX_MESSAGE_SIZE`] bytes) to `peer`; waits while
+    /// the channel's send buffer is full.
     ///
     /// # Errors
     ///
     /// [`SendError::NoChannel`] when no channel to `peer` is open; [`SendError::Rtc`] when
     /// the channel refuses the message.
     pub async fn send(&self, peer: PeerId, data: &[u8]) -> Result<(), SendError> {
-        let channel = self
-            .channels
-            .read()
-            .unwrap_or_else(PoisonError::into_inner)
-            .get(&peer)
-            .cloned()
-            .ok_or(SendError::NoChannel(peer))?;
-        channel
-            .send(data)
-            .await
-            .map_err(|source| SendError::Rtc { peer, source })
+        let channel = self.channel(peer).ok_or(SendError::NoChannel(peer))?;
+        channel.send(data).await
     }
 
     /// Sends one message to every peer with an open channel and returns how many it reached.
     /// A peer whose channel refuses the message is skipped with a log line.
     pub async fn broadcast(&self, data: &[u8]) -> usize {
-        let channels: Vec<(PeerId, Channel)> = self
-            .channels
-            .read()
-            .unwrap_or_else(PoisonError::into_inner)
-            .iter()
-            .map(|(peer, channel)| (*peer, channel.clone()))
+        let channels: Vec<Channel> = self
+            .links()
+            .values()
+            .map(|link| link.channel.clone())
             .collect();
         let mut reached = 0;
-        for (peer, channel) in channels {
+        for channel in channels {
             match channel.send(data).await {
                 Ok(()) => reached += 1,
-                Err(error) => tracing::warn!(%peer, %error, "message not sent"),
+                Err(error) => tracing::warn!(peer = %channel.peer(), %error, "message not sent"),
             }
         }
         reached
+    }
+
+    fn links(&self) -> std::sync::RwLockReadGuard<'_, HashMap<PeerId, Link>> {
+        self.channels.read().unwrap_or_else(PoisonError::into_inner)
     }
 
     /// Leaves the room: announces the departure on the room topic, withdraws the presence
@@ -465,7 +558,7 @@ impl Room {
         // Unread events must not keep the actor from seeing the command.
         drop(events);
         let (reply, done) = oneshot::channel();
-        if commands.send(reply).await.is_ok() {
+        if commands.send(Command::Leave(reply)).await.is_ok() {
             let _ = tokio::time::timeout(LEAVE_TIMEOUT * 2, done).await;
         }
     }
@@ -495,7 +588,7 @@ impl std::fmt::Debug for Room {
 impl RoomActor {
     async fn run(
         mut self,
-        mut commands: mpsc::Receiver<oneshot::Sender<()>>,
+        mut commands: mpsc::Receiver<Command>,
         mut topic_rx: mpsc::Receiver<TopicEvent>,
         mut rtc_rx: mpsc::Receiver<(PeerTag, RtcEvent)>,
         mut internal_rx: mpsc::Receiver<Internal>,
@@ -515,13 +608,18 @@ impl RoomActor {
             }
             let deadline = self.next_deadline();
             tokio::select! {
-                command = commands.recv() => {
-                    self.shutdown().await;
-                    if let Some(reply) = command {
+                command = commands.recv() => match command {
+                    Some(Command::Ping { peer, reply }) => self.ping(peer, Some(reply)),
+                    Some(Command::Leave(reply)) => {
+                        self.shutdown().await;
                         let _ = reply.send(());
+                        return;
                     }
-                    return;
-                }
+                    None => {
+                        self.shutdown().await;
+                        return;
+                    }
+                },
                 Some(event) = topic_rx.recv() => self.handle_topic_event(event),
                 Some((tag, event)) = rtc_rx.recv() => self.handle_rtc_event(tag, event).await,
                 Some(internal) = internal_rx.recv() => self.handle_internal(internal),
@@ -539,7 +637,7 @@ impl RoomActor {
         self.peers
             .values()
             .filter_map(|p| p.negotiation.poll_timeout())
-            .fold(discovery, Instant::min)
+            .fold(discovery.min(self.next_ping), Instant::min)
     }
 
     /// Runs due timers and carries out every pending negotiation action.
@@ -547,6 +645,10 @@ impl RoomActor {
         let now = Instant::now();
         if !self.discovery_in_flight && self.next_discovery <= now {
             self.start_discovery(now);
+        }
+        if self.next_ping <= now {
+            self.next_ping = now + PING_INTERVAL;
+            self.check_liveness(now).await;
         }
         let peers: Vec<PeerId> = self.peers.keys().copied().collect();
         for peer in peers {
@@ -824,7 +926,15 @@ impl RoomActor {
                 self.finish_binding(peer, session, &data).await;
             }
             RtcEvent::Message(data) if current && entry.open => {
-                self.emit(RoomEvent::Message { peer, data }).await;
+                entry.last_heard = Instant::now();
+                self.on_message(peer, data).await;
+            }
+            RtcEvent::SideChannelOpen(side) if current && entry.open => {
+                if side.label() == FILE_LABEL {
+                    tokio::spawn(file::offered(peer, side, self.events.clone()));
+                } else {
+                    tracing::debug!(%peer, label = side.label(), "unknown side channel closed");
+                }
             }
             RtcEvent::IceConnected if entry.seeking_path == Some(session) => {
                 entry.seeking_path = None;
@@ -849,7 +959,12 @@ impl RoomActor {
     /// The channel of `session` is open: sends this side's binding proof and waits for the
     /// peer's (DESIGN.md, "Signaling flow", step 6). The channel is reported open only once
     /// the peer's proof verifies, in [`RoomActor::finish_binding`].
-    async fn start_binding(&mut self, peer: PeerId, session: SessionId, channel: Channel) {
+    async fn start_binding(
+        &mut self,
+        peer: PeerId,
+        session: SessionId,
+        channel: kadrtc_rtc::Channel,
+    ) {
         let Some(entry) = self.peers.get(&peer) else {
             return;
         };
@@ -919,21 +1034,138 @@ impl RoomActor {
         entry.negotiation.handle_connected(session);
         entry.open = true;
         entry.left_reported = false;
+        entry.last_heard = Instant::now();
+        let elapsed = self.joined_at.elapsed();
+        let Some((_, connection)) = entry.connection.clone() else {
+            return;
+        };
+        let candidate_pair = connection.selected_candidate_pair().await;
         self.channels
             .write()
             .unwrap_or_else(PoisonError::into_inner)
-            .insert(peer, channel);
-        let elapsed = self.joined_at.elapsed();
-        let candidate_pair = match &entry.connection {
-            Some((_, pc)) => pc.selected_candidate_pair().await,
-            None => None,
-        };
+            .insert(
+                peer,
+                Link {
+                    channel: Channel {
+                        peer,
+                        main: channel,
+                        connection,
+                    },
+                    info: PeerInfo {
+                        peer,
+                        connected_at: Instant::now(),
+                        candidate_pair,
+                        rtt: None,
+                    },
+                },
+            );
         self.emit(RoomEvent::ChannelOpen {
             peer,
             elapsed,
             candidate_pair,
         })
         .await;
+    }
+
+    /// A framed message on the open channel of `peer`.
+    async fn on_message(&mut self, peer: PeerId, data: Vec<u8>) {
+        match data.split_first() {
+            Some((&frame::DATA, _)) => {
+                let mut data = data;
+                data.remove(0);
+                self.emit(RoomEvent::Message { peer, data }).await;
+            }
+            Some((&frame::PING, body)) => match ping_nonce(body) {
+                Some(nonce) => {
+                    if let Some(channel) = self.channel(peer) {
+                        let pong = ping_frame(frame::PONG, nonce);
+                        tokio::spawn(async move { channel.main.send(&pong).await });
+                    }
+                }
+                None => tracing::debug!(%peer, "malformed ping ignored"),
+            },
+            Some((&frame::PONG, body)) => {
+                let pending = ping_nonce(body)
+                    .and_then(|nonce| self.pings.remove(&nonce))
+                    .filter(|ping| ping.peer == peer);
+                if let Some(ping) = pending {
+                    let rtt = ping.sent_at.elapsed();
+                    if let Some(link) = self
+                        .channels
+                        .write()
+                        .unwrap_or_else(PoisonError::into_inner)
+                        .get_mut(&peer)
+                    {
+                        link.info.rtt = Some(rtt);
+                    }
+                    if let Some(reply) = ping.reply {
+                        let _ = reply.send(rtt);
+                    }
+                }
+            }
+            _ => tracing::debug!(%peer, "message with an unknown frame byte ignored"),
+        }
+    }
+
+    fn channel(&self, peer: PeerId) -> Option<Channel> {
+        self.channels
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(&peer)
+            .map(|link| link.channel.clone())
+    }
+
+    /// Sends a ping to `peer`; its pong updates the round-trip time and answers `reply`.
+    fn ping(&mut self, peer: PeerId, reply: Option<oneshot::Sender<Duration>>) {
+        let Some(channel) = self.channel(peer) else {
+            return;
+        };
+        let nonce: u64 = rand::random();
+        self.pings.insert(
+            nonce,
+            PendingPing {
+                peer,
+                sent_at: Instant::now(),
+                reply,
+            },
+        );
+        let ping = ping_frame(frame::PING, nonce);
+        tokio::spawn(async move { channel.main.send(&ping).await });
+    }
+
+    /// Once every [`PING_INTERVAL`]: reports open channels silent for [`PEER_TIMEOUT`] as
+    /// left (their sessions fail, so the pair negotiates again if the peer comes back), and
+    /// pings the others.
+    async fn check_liveness(&mut self, now: Instant) {
+        self.pings
+            .retain(|_, ping| now.duration_since(ping.sent_at) < PEER_TIMEOUT);
+        let open: Vec<(PeerId, Option<SessionId>, Instant)> = self
+            .peers
+            .iter()
+            .filter(|(_, entry)| entry.open)
+            .map(|(peer, entry)| (*peer, entry.negotiation.session(), entry.last_heard))
+            .collect();
+        for (peer, session, last_heard) in open {
+            if now.duration_since(last_heard) < PEER_TIMEOUT {
+                self.ping(peer, None);
+                continue;
+            }
+            tracing::info!(%peer, "no message on the channel for {PEER_TIMEOUT:?}; taking the peer as gone");
+            let Some(entry) = self.peers.get_mut(&peer) else {
+                continue;
+            };
+            entry.open = false;
+            entry.binding = None;
+            entry.left_reported = true;
+            if let Some(session) = session {
+                entry.negotiation.handle_failed(session, now);
+            }
+            self.channels
+                .write()
+                .unwrap_or_else(PoisonError::into_inner)
+                .remove(&peer);
+            self.emit(RoomEvent::PeerLeft { peer }).await;
+        }
     }
 
     /// Ends the attempt of `session` (its connection is closed by the resulting
@@ -1170,7 +1402,15 @@ impl RoomActor {
         }
         self.departed.remove(&peer);
         if self.peers.len() >= self.config.max_peers {
-            tracing::warn!(%peer, max = self.config.max_peers, "room is full; peer ignored");
+            tracing::debug!(%peer, max = self.config.max_peers, "room is full; peer ignored");
+            if self.refused_full.len() < MAX_DEPARTED && self.refused_full.insert(peer) {
+                self.outbox.push_back(RoomEvent::Error {
+                    peer: Some(peer),
+                    error: RoomError::RoomFull {
+                        max: self.config.max_peers,
+                    },
+                });
+            }
             return;
         }
         let (mailbox, mailbox_rx) = watch::channel(None);
@@ -1197,6 +1437,7 @@ impl RoomActor {
                 mailbox,
                 binding: None,
                 seeking_path: None,
+                last_heard: Instant::now(),
             },
         );
         self.outbox
@@ -1207,6 +1448,8 @@ impl RoomActor {
         let Some(entry) = self.peers.remove(&peer) else {
             return;
         };
+        // A slot is free: peers refused while the room was full are reported again.
+        self.refused_full.clear();
         if let Some((_, pc)) = entry.connection {
             tokio::spawn(async move { pc.close().await });
         }

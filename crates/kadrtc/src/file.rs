@@ -1,0 +1,811 @@
+//! Files between room members, each on a data channel of its own ([`FILE_LABEL`]).
+//!
+//! # Protocol
+//!
+//! Every message on a file channel starts with a kind byte: `0` for a control message
+//! (bincode 2 through serde, at most [`MAX_CONTROL_SIZE`] bytes), `1` for file bytes (at most
+//! [`CHUNK_SIZE`]).
+//!
+//! 1. The sender opens the channel and sends `Offer { name, size }`.
+//! 2. The receiver answers `Accept`, or `Reject { reason }` and closes.
+//! 3. The sender sends the file's bytes in order. It never has more than [`WINDOW`] bytes
+//!    beyond what the receiver reported written (`Received { bytes }`, every [`ACK_EVERY`]
+//!    bytes): the receiver's memory stays bounded however slow its disk, and the data channel's
+//!    own send buffer bounds the sender's.
+//! 4. The sender sends `Done { sha256 }`. The receiver checks the byte count and SHA-256
+//!    (FIPS 180-4) of what it wrote, moves `NAME.part` to `NAME` and answers `Confirmed`, or
+//!    `Failed { reason }` and keeps `NAME.part`.
+//!
+//! Either side gives up after [`STALL_TIMEOUT`] without a message from the other, and a
+//! closed channel before `Confirmed` is [`FileError::PeerGone`]: a transfer is never reported
+//! complete unless the receiver confirmed it, and a partial file keeps its `.part` name.
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use futures::FutureExt as _;
+use kadrtc_rtc::{RtcError, SideChannel};
+use libp2p::PeerId;
+use serde::{Deserialize, Serialize};
+use sha2::{Digest as _, Sha256};
+use thiserror::Error;
+use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+use tokio::sync::{mpsc, watch};
+use tokio::task::JoinHandle;
+
+use crate::channel::Channel;
+use crate::room::RoomEvent;
+
+/// Label of file channels.
+pub const FILE_LABEL: &str = "kadrtc-file";
+/// File bytes per message: the data channel's 64 KiB less the kind byte.
+pub const CHUNK_SIZE: usize = kadrtc_rtc::MAX_MESSAGE_SIZE - 1;
+/// Most bytes the sender has sent beyond what the receiver reported written.
+pub const WINDOW: u64 = 4 * 1024 * 1024;
+/// The receiver reports what it has written every this many bytes.
+pub const ACK_EVERY: u64 = 1024 * 1024;
+/// Longest control message, in bytes.
+pub const MAX_CONTROL_SIZE: usize = 4096;
+/// Longest file name, in bytes of UTF-8.
+pub const MAX_NAME_LEN: usize = 255;
+/// How long either side waits for the other's next message.
+pub const STALL_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long the receiver waits for the sender's `Offer` once the channel is open.
+const OFFER_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long the side that sent the last message of a transfer waits for the other to close
+/// the channel: webrtc-rs may drop what is still queued on a channel it closes.
+const LINGER: Duration = Duration::from_secs(5);
+/// How long the sender waits for the receiver to accept or refuse.
+pub const DECISION_TIMEOUT: Duration = Duration::from_secs(120);
+
+const KIND_CONTROL: u8 = 0;
+const KIND_DATA: u8 = 1;
+
+#[derive(Debug, Serialize, Deserialize)]
+enum Control {
+    Offer { name: String, size: u64 },
+    Accept,
+    Reject { reason: String },
+    Done { sha256: [u8; 32] },
+    Received { bytes: u64 },
+    Confirmed,
+    Failed { reason: String },
+}
+
+/// How far a transfer is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Progress {
+    /// Bytes sent (sender) or written (receiver) so far.
+    pub bytes: u64,
+    /// The file's size in bytes.
+    pub total: u64,
+}
+
+/// A finished transfer: the receiver confirmed the size and SHA-256.
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct FileReceipt {
+    /// The other member.
+    pub peer: PeerId,
+    /// The file's name as sent.
+    pub name: String,
+    /// Where the file is: the sender's file, or where the receiver wrote it.
+    pub path: PathBuf,
+    /// Its size in bytes.
+    pub size: u64,
+    /// Its SHA-256.
+    pub sha256: [u8; 32],
+    /// From the start of the transfer (the offer) to the confirmation.
+    pub elapsed: Duration,
+}
+
+/// Why a file transfer failed.
+#[derive(Debug, Error)]
+#[non_exhaustive]
+pub enum FileError {
+    /// Reading or writing a local file failed.
+    #[error("{}: {source}", path.display())]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// The cause.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The file channel could not be opened or written to.
+    #[error("file channel: {0}")]
+    Rtc(#[source] RtcError),
+    /// The receiver refused the file.
+    #[error("the receiver refused the file: {0}")]
+    Refused(String),
+    /// The destination exists and overwriting was not asked for.
+    #[error("{} exists; refusing to overwrite it", .0.display())]
+    Exists(PathBuf),
+    /// The name the sender gave is not a plain file name.
+    #[error("invalid file name {0:?}: it must be 1 to 255 bytes with no path separator or control character, and not . or ..")]
+    InvalidName(String),
+    /// The other side went away (its channel closed) before the transfer was confirmed.
+    #[error("the peer went away after {bytes} of {size} bytes{}", partial_text(.partial))]
+    PeerGone {
+        /// Bytes sent or written when it happened.
+        bytes: u64,
+        /// The file's size.
+        size: u64,
+        /// The receiver's partial file, kept.
+        partial: Option<PathBuf>,
+    },
+    /// The other side sent nothing for [`STALL_TIMEOUT`] (or did not decide within
+    /// [`DECISION_TIMEOUT`]).
+    #[error("the peer stopped responding")]
+    Stalled,
+    /// The received bytes do not match the sender's size or SHA-256; the partial file is kept.
+    #[error("the received file does not match what was sent ({reason}); kept as {}", partial.display())]
+    Mismatch {
+        /// What did not match.
+        reason: String,
+        /// The partial file.
+        partial: PathBuf,
+    },
+    /// The receiver reported a failure.
+    #[error("the receiver failed: {0}")]
+    Failed(String),
+    /// The other side broke the protocol (a malformed or unexpected message).
+    #[error("protocol error: {0}")]
+    Protocol(String),
+}
+
+fn partial_text(partial: &Option<PathBuf>) -> String {
+    match partial {
+        Some(path) => format!("; partial file kept as {}", path.display()),
+        None => String::new(),
+    }
+}
+
+/// A transfer under way, either direction: its progress, and its outcome from
+/// [`FileTransfer::finish`]. Dropping it cancels the transfer.
+#[derive(Debug)]
+pub struct FileTransfer {
+    name: String,
+    size: u64,
+    peer: PeerId,
+    progress: watch::Receiver<Progress>,
+    task: Option<JoinHandle<Result<FileReceipt, FileError>>>,
+}
+
+/// The sending side of a transfer, from [`Channel::send_file`].
+pub type FileSend = FileTransfer;
+
+impl FileTransfer {
+    /// The file's name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The file's size in bytes.
+    pub fn size(&self) -> u64 {
+        self.size
+    }
+
+    /// The other member.
+    pub fn peer(&self) -> PeerId {
+        self.peer
+    }
+
+    /// Progress updates; `changed()` wakes at most once per chunk.
+    pub fn progress(&self) -> watch::Receiver<Progress> {
+        self.progress.clone()
+    }
+
+    /// Waits for the end of the transfer.
+    ///
+    /// # Errors
+    ///
+    /// Any [`FileError`]; the transfer is complete only on `Ok`.
+    pub async fn finish(mut self) -> Result<FileReceipt, FileError> {
+        let Some(task) = self.task.take() else {
+            return Err(FileError::Protocol("transfer already finished".into()));
+        };
+        task.await
+            .unwrap_or_else(|join| Err(FileError::Protocol(format!("transfer task: {join}"))))
+    }
+}
+
+impl Drop for FileTransfer {
+    fn drop(&mut self) {
+        if let Some(task) = self.task.take() {
+            task.abort();
+        }
+    }
+}
+
+/// A file a member offers, from [`RoomEvent::IncomingFile`]. Accept it with
+/// [`IncomingFile::accept`] or refuse it with [`IncomingFile::reject`]; dropping it refuses
+/// it.
+pub struct IncomingFile {
+    peer: PeerId,
+    name: String,
+    size: u64,
+    side: Option<SideChannel>,
+    offered_at: Instant,
+}
+
+impl IncomingFile {
+    /// The sender.
+    pub fn peer(&self) -> PeerId {
+        self.peer
+    }
+
+    /// The file name the sender gave: a plain name (no path separator, no control
+    /// character, not `.` or `..`, at most [`MAX_NAME_LEN`] bytes), checked on arrival.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The size the sender announced, in bytes.
+    pub fn size(&self) -> u64 {
+        self.size
+    }
+
+    /// Accepts the file into `path`, written as `PATH.part` until the sender's SHA-256 is
+    /// checked, then renamed.
+    ///
+    /// # Errors
+    ///
+    /// [`FileError::Exists`] when `path` exists and `overwrite` is false (the sender is told
+    /// it was refused); [`FileError::Io`] when `PATH.part` cannot be created;
+    /// [`FileError::Rtc`] when the channel closed.
+    pub async fn accept(
+        mut self,
+        path: impl Into<PathBuf>,
+        overwrite: bool,
+    ) -> Result<FileTransfer, FileError> {
+        let path = path.into();
+        let Some(side) = self.side.take() else {
+            return Err(FileError::Protocol("offer already answered".into()));
+        };
+        if !overwrite && tokio::fs::try_exists(&path).await.unwrap_or(true) {
+            let reason = format!("{} exists on the receiver", self.name);
+            tokio::spawn(refuse(side, reason));
+            return Err(FileError::Exists(path));
+        }
+        let partial = part_path(&path);
+        let file = tokio::fs::File::create(&partial)
+            .await
+            .map_err(|source| FileError::Io {
+                path: partial.clone(),
+                source,
+            })?;
+        reply(&side, &Control::Accept).await?;
+        let (progress_tx, progress) = watch::channel(Progress {
+            bytes: 0,
+            total: self.size,
+        });
+        let receive = Receive {
+            peer: self.peer,
+            name: self.name.clone(),
+            size: self.size,
+            path,
+            partial,
+            overwrite,
+            offered_at: self.offered_at,
+        };
+        let task = tokio::spawn(receive.run(side, file, progress_tx));
+        Ok(FileTransfer {
+            name: self.name.clone(),
+            size: self.size,
+            peer: self.peer,
+            progress,
+            task: Some(task),
+        })
+    }
+
+    /// Refuses the file; the sender's transfer fails with [`FileError::Refused`] and
+    /// `reason`.
+    pub async fn reject(mut self, reason: &str) {
+        if let Some(side) = self.side.take() {
+            refuse(side, reason.chars().take(MAX_CONTROL_SIZE / 8).collect()).await;
+        }
+    }
+}
+
+impl Drop for IncomingFile {
+    fn drop(&mut self) {
+        if let Some(side) = self.side.take() {
+            if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+                runtime.spawn(refuse(side, "not accepted".into()));
+            }
+        }
+    }
+}
+
+impl std::fmt::Debug for IncomingFile {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("IncomingFile")
+            .field("peer", &self.peer)
+            .field("name", &self.name)
+            .field("size", &self.size)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Starts sending `path` to the member at the other end of `channel`.
+pub(crate) async fn send(channel: &Channel, path: &Path) -> Result<FileTransfer, FileError> {
+    let io = |source| FileError::Io {
+        path: path.to_path_buf(),
+        source,
+    };
+    let file = tokio::fs::File::open(path).await.map_err(io)?;
+    let size = file.metadata().await.map_err(io)?.len();
+    let name = path
+        .file_name()
+        .and_then(|name| name.to_str())
+        .map(str::to_string)
+        .ok_or_else(|| FileError::InvalidName(path.display().to_string()))?;
+    check_name(&name)?;
+    let side = channel
+        .connection
+        .open_side_channel(FILE_LABEL)
+        .await
+        .map_err(FileError::Rtc)?;
+    reply(
+        &side,
+        &Control::Offer {
+            name: name.clone(),
+            size,
+        },
+    )
+    .await?;
+    let (progress_tx, progress) = watch::channel(Progress {
+        bytes: 0,
+        total: size,
+    });
+    let sending = Send {
+        peer: channel.peer,
+        name: name.clone(),
+        path: path.to_path_buf(),
+        size,
+        started: Instant::now(),
+    };
+    let task = tokio::spawn(sending.run(side, file, progress_tx));
+    Ok(FileTransfer {
+        name,
+        size,
+        peer: channel.peer,
+        progress,
+        task: Some(task),
+    })
+}
+
+/// Reads a remote's file offer on a side channel it opened and hands it to the application
+/// as [`RoomEvent::IncomingFile`]; a malformed or missing offer closes the channel.
+pub(crate) async fn offered(peer: PeerId, mut side: SideChannel, events: mpsc::Sender<RoomEvent>) {
+    let message = match tokio::time::timeout(OFFER_TIMEOUT, side.recv()).await {
+        Ok(Some(message)) => message,
+        Ok(None) | Err(_) => return,
+    };
+    let (name, size) = match decode(&message) {
+        Ok(Message::Control(Control::Offer { name, size })) => (name, size),
+        other => {
+            tracing::warn!(%peer, ?other, "file channel without an offer closed");
+            return;
+        }
+    };
+    if let Err(error) = check_name(&name) {
+        tracing::warn!(%peer, %error, "file offer refused");
+        refuse(side, error.to_string()).await;
+        return;
+    }
+    let incoming = IncomingFile {
+        peer,
+        name,
+        size,
+        side: Some(side),
+        offered_at: Instant::now(),
+    };
+    // A room that was left drops the offer, which refuses it.
+    let _ = events.send(RoomEvent::IncomingFile(incoming)).await;
+}
+
+struct Send {
+    peer: PeerId,
+    name: String,
+    path: PathBuf,
+    size: u64,
+    started: Instant,
+}
+
+impl Send {
+    async fn run(
+        self,
+        mut side: SideChannel,
+        mut file: tokio::fs::File,
+        progress: watch::Sender<Progress>,
+    ) -> Result<FileReceipt, FileError> {
+        let gone = |bytes| FileError::PeerGone {
+            bytes,
+            size: self.size,
+            partial: None,
+        };
+        match next_control(&mut side, DECISION_TIMEOUT).await {
+            Ok(Control::Accept) => {}
+            Ok(Control::Reject { reason }) => return Err(FileError::Refused(reason)),
+            Ok(other) => return Err(unexpected(&other)),
+            Err(FileError::PeerGone { .. }) => return Err(gone(0)),
+            Err(error) => return Err(error),
+        }
+        let mut hasher = Sha256::new();
+        let mut buffer = vec![0; CHUNK_SIZE + 1];
+        buffer[0] = KIND_DATA;
+        let (mut sent, mut acked) = (0u64, 0u64);
+        loop {
+            // Flow control: take what the receiver reported, and wait for it when too far
+            // ahead.
+            while let Some(message) = side.recv().now_or_never() {
+                acked = self.on_receiver_message(message, acked, sent)?;
+            }
+            while sent.saturating_sub(acked) >= WINDOW {
+                let message = tokio::time::timeout(STALL_TIMEOUT, side.recv())
+                    .await
+                    .map_err(|_| FileError::Stalled)?;
+                acked = self.on_receiver_message(message, acked, sent)?;
+            }
+            let read = file
+                .read(&mut buffer[1..])
+                .await
+                .map_err(|source| FileError::Io {
+                    path: self.path.clone(),
+                    source,
+                })?;
+            if read == 0 {
+                break;
+            }
+            hasher.update(&buffer[1..=read]);
+            side.send(&buffer[..=read]).await.map_err(|_| gone(sent))?;
+            sent += read as u64;
+            progress.send_replace(Progress {
+                bytes: sent,
+                total: self.size,
+            });
+        }
+        if sent != self.size {
+            return Err(FileError::Io {
+                path: self.path.clone(),
+                source: std::io::Error::other(format!(
+                    "the file changed while it was sent ({sent} bytes read, {} announced)",
+                    self.size
+                )),
+            });
+        }
+        let sha256: [u8; 32] = hasher.finalize().into();
+        reply(&side, &Control::Done { sha256 })
+            .await
+            .map_err(|_| gone(sent))?;
+        loop {
+            match next_control(&mut side, STALL_TIMEOUT).await {
+                Ok(Control::Received { .. }) => {}
+                Ok(Control::Confirmed) => break,
+                Ok(Control::Failed { reason }) => return Err(FileError::Failed(reason)),
+                Ok(other) => return Err(unexpected(&other)),
+                Err(FileError::PeerGone { .. }) => return Err(gone(sent)),
+                Err(error) => return Err(error),
+            }
+        }
+        Ok(FileReceipt {
+            peer: self.peer,
+            name: self.name,
+            path: self.path,
+            size: self.size,
+            sha256,
+            elapsed: self.started.elapsed(),
+        })
+    }
+
+    /// Applies a receiver message that arrived while sending; returns the bytes it has now
+    /// reported written.
+    fn on_receiver_message(
+        &self,
+        message: Option<Vec<u8>>,
+        acked: u64,
+        sent: u64,
+    ) -> Result<u64, FileError> {
+        let Some(message) = message else {
+            return Err(FileError::PeerGone {
+                bytes: sent,
+                size: self.size,
+                partial: None,
+            });
+        };
+        match decode(&message)? {
+            Message::Control(Control::Received { bytes }) if bytes <= sent => Ok(bytes.max(acked)),
+            Message::Control(Control::Failed { reason }) => Err(FileError::Failed(reason)),
+            Message::Control(other) => Err(unexpected(&other)),
+            Message::Data(_) => Err(FileError::Protocol("the receiver sent file bytes".into())),
+        }
+    }
+}
+
+struct Receive {
+    peer: PeerId,
+    name: String,
+    size: u64,
+    path: PathBuf,
+    partial: PathBuf,
+    overwrite: bool,
+    offered_at: Instant,
+}
+
+impl Receive {
+    async fn run(
+        self,
+        mut side: SideChannel,
+        file: tokio::fs::File,
+        progress: watch::Sender<Progress>,
+    ) -> Result<FileReceipt, FileError> {
+        let mut file = tokio::io::BufWriter::with_capacity(1024 * 1024, file);
+        let mut hasher = Sha256::new();
+        let (mut written, mut reported) = (0u64, 0u64);
+        let sha256 = loop {
+            let message = match tokio::time::timeout(STALL_TIMEOUT, side.recv()).await {
+                Ok(Some(message)) => message,
+                Ok(None) => {
+                    let _ = file.flush().await;
+                    return Err(FileError::PeerGone {
+                        bytes: written,
+                        size: self.size,
+                        partial: Some(self.partial.clone()),
+                    });
+                }
+                Err(_) => return Err(FileError::Stalled),
+            };
+            match decode(&message) {
+                Ok(Message::Data(bytes)) => {
+                    if written + bytes.len() as u64 > self.size {
+                        return self.fail(side, "more bytes than announced".into()).await;
+                    }
+                    file.write_all(bytes)
+                        .await
+                        .map_err(|source| self.io(source))?;
+                    hasher.update(bytes);
+                    written += bytes.len() as u64;
+                    progress.send_replace(Progress {
+                        bytes: written,
+                        total: self.size,
+                    });
+                    if written - reported >= ACK_EVERY {
+                        // What is reported is what the receiver holds no more in memory.
+                        file.flush().await.map_err(|source| self.io(source))?;
+                        reported = written;
+                        let _ = reply(&side, &Control::Received { bytes: written }).await;
+                    }
+                }
+                Ok(Message::Control(Control::Done { sha256 })) => break sha256,
+                Ok(Message::Control(other)) => return Err(unexpected(&other)),
+                Err(error) => return Err(error),
+            }
+        };
+        file.flush().await.map_err(|source| self.io(source))?;
+        file.get_ref()
+            .sync_all()
+            .await
+            .map_err(|source| self.io(source))?;
+        drop(file);
+        let actual: [u8; 32] = hasher.finalize().into();
+        if written != self.size {
+            let reason = format!("{written} bytes received, {} announced", self.size);
+            return self.fail(side, reason).await;
+        }
+        if actual != sha256 {
+            return self.fail(side, "SHA-256 differs".into()).await;
+        }
+        if !self.overwrite && tokio::fs::try_exists(&self.path).await.unwrap_or(true) {
+            let reason = format!("{} appeared on the receiver meanwhile", self.name);
+            let _ = reply(&side, &Control::Failed { reason }).await;
+            linger(side).await;
+            return Err(FileError::Exists(self.path.clone()));
+        }
+        tokio::fs::rename(&self.partial, &self.path)
+            .await
+            .map_err(|source| FileError::Io {
+                path: self.path.clone(),
+                source,
+            })?;
+        reply(&side, &Control::Confirmed).await?;
+        linger(side).await;
+        Ok(FileReceipt {
+            peer: self.peer,
+            name: self.name,
+            path: self.path,
+            size: self.size,
+            sha256,
+            elapsed: self.offered_at.elapsed(),
+        })
+    }
+
+    async fn fail(&self, side: SideChannel, reason: String) -> Result<FileReceipt, FileError> {
+        let _ = reply(
+            &side,
+            &Control::Failed {
+                reason: reason.clone(),
+            },
+        )
+        .await;
+        linger(side).await;
+        Err(FileError::Mismatch {
+            reason,
+            partial: self.partial.clone(),
+        })
+    }
+
+    fn io(&self, source: std::io::Error) -> FileError {
+        FileError::Io {
+            path: self.partial.clone(),
+            source,
+        }
+    }
+}
+
+enum Message<'a> {
+    Control(Control),
+    Data(&'a [u8]),
+}
+
+impl std::fmt::Debug for Message<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Message::Control(control) => control.fmt(f),
+            Message::Data(data) => write!(f, "Data({} bytes)", data.len()),
+        }
+    }
+}
+
+fn decode(message: &[u8]) -> Result<Message<'_>, FileError> {
+    match message.split_first() {
+        Some((&KIND_DATA, bytes)) => Ok(Message::Data(bytes)),
+        Some((&KIND_CONTROL, body)) if body.len() <= MAX_CONTROL_SIZE => {
+            let config = bincode::config::standard().with_limit::<MAX_CONTROL_SIZE>();
+            let (control, read) =
+                bincode::serde::decode_from_slice(body, config).map_err(|error| {
+                    FileError::Protocol(format!("malformed control message: {error}"))
+                })?;
+            if read != body.len() {
+                return Err(FileError::Protocol(
+                    "trailing bytes after a control message".into(),
+                ));
+            }
+            Ok(Message::Control(control))
+        }
+        Some((&KIND_CONTROL, body)) => Err(FileError::Protocol(format!(
+            "control message of {} bytes; at most {MAX_CONTROL_SIZE} are allowed",
+            body.len()
+        ))),
+        Some((kind, _)) => Err(FileError::Protocol(format!("unknown message kind {kind}"))),
+        None => Err(FileError::Protocol("empty message".into())),
+    }
+}
+
+/// Refuses an offer and lets the sender close the channel.
+async fn refuse(side: SideChannel, reason: String) {
+    if reply(&side, &Control::Reject { reason }).await.is_ok() {
+        linger(side).await;
+    }
+}
+
+/// Waits (at most [`LINGER`]) for the other side to close the channel after our last
+/// message, which closing it ourselves could drop.
+async fn linger(mut side: SideChannel) {
+    let drained = async { while side.recv().await.is_some() {} };
+    let _ = tokio::time::timeout(LINGER, drained).await;
+}
+
+async fn reply(side: &SideChannel, control: &Control) -> Result<(), FileError> {
+    let mut message = vec![KIND_CONTROL];
+    bincode::serde::encode_into_std_write(control, &mut message, bincode::config::standard())
+        .map_err(|error| FileError::Protocol(format!("cannot encode {control:?}: {error}")))?;
+    side.send(&message).await.map_err(FileError::Rtc)
+}
+
+/// The next control message, waiting at most `timeout`.
+async fn next_control(side: &mut SideChannel, timeout: Duration) -> Result<Control, FileError> {
+    match tokio::time::timeout(timeout, side.recv()).await {
+        Ok(Some(message)) => match decode(&message)? {
+            Message::Control(control) => Ok(control),
+            Message::Data(_) => Err(FileError::Protocol("unexpected file bytes".into())),
+        },
+        Ok(None) => Err(FileError::PeerGone {
+            bytes: 0,
+            size: 0,
+            partial: None,
+        }),
+        Err(_) => Err(FileError::Stalled),
+    }
+}
+
+fn unexpected(control: &Control) -> FileError {
+    FileError::Protocol(format!("unexpected {control:?}"))
+}
+
+/// Checks a file name that came from the network or the user: a plain name that cannot
+/// escape the receiver's directory.
+fn check_name(name: &str) -> Result<(), FileError> {
+    let bad = name.is_empty()
+        || name.len() > MAX_NAME_LEN
+        || name == "."
+        || name == ".."
+        || name
+            .chars()
+            .any(|c| c == '/' || c == '\\' || c.is_control());
+    if bad {
+        return Err(FileError::InvalidName(name.chars().take(64).collect()));
+    }
+    Ok(())
+}
+
+/// `PATH.part`.
+fn part_path(path: &Path) -> PathBuf {
+    let mut name = path.as_os_str().to_owned();
+    name.push(".part");
+    PathBuf::from(name)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_that_could_leave_the_directory_are_refused() {
+        for bad in [
+            "",
+            ".",
+            "..",
+            "../x",
+            "a/b",
+            "a\\b",
+            "a\nb",
+            "nul\0",
+            &"x".repeat(256),
+        ] {
+            assert!(check_name(bad).is_err(), "{bad:?}");
+        }
+        for good in ["photo.jpg", "..hidden", "été 2026.txt", &"x".repeat(255)] {
+            assert!(check_name(good).is_ok(), "{good:?}");
+        }
+    }
+
+    #[test]
+    fn control_messages_round_trip_and_garbage_is_a_protocol_error() {
+        let encoded = {
+            let mut message = vec![KIND_CONTROL];
+            bincode::serde::encode_into_std_write(
+                &Control::Received { bytes: 42 },
+                &mut message,
+                bincode::config::standard(),
+            )
+            .unwrap();
+            message
+        };
+        assert!(matches!(
+            decode(&encoded),
+            Ok(Message::Control(Control::Received { bytes: 42 }))
+        ));
+        for garbage in [&[][..], &[7, 1, 2][..], &[KIND_CONTROL, 0xff, 0xff][..]] {
+            assert!(
+                matches!(decode(garbage), Err(FileError::Protocol(_))),
+                "{garbage:?}"
+            );
+        }
+        let oversized = vec![KIND_CONTROL; MAX_CONTROL_SIZE + 2];
+        assert!(matches!(decode(&oversized), Err(FileError::Protocol(_))));
+        assert!(matches!(
+            decode(&[KIND_DATA, 9, 9]),
+            Ok(Message::Data(&[9, 9]))
+        ));
+    }
+
+    #[test]
+    fn partial_files_get_a_part_suffix() {
+        assert_eq!(
+            part_path(Path::new("out/a.bin")),
+            PathBuf::from("out/a.bin.part")
+        );
+    }
+}
