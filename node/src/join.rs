@@ -1,7 +1,7 @@
 //! `kadrtc join`: be in a room and chat; rooms made from nothing and `kadrtc://` links.
 
 use anyhow::Context as _;
-use kadrtc::{Multiaddr, Node, Passphrase, Room, RoomConfig};
+use kadrtc::{Multiaddr, Node, Passphrase, Room, RoomConfig, RoomEvent};
 use percent_encoding::{percent_decode_str, utf8_percent_encode, AsciiSet, NON_ALPHANUMERIC};
 use tokio::io::{AsyncBufReadExt as _, BufReader};
 
@@ -137,11 +137,7 @@ pub async fn run_join(mut args: JoinArgs, out: &Output) -> anyhow::Result<()> {
     loop {
         tokio::select! {
             line = lines.next_line(), if stdin_open => match line {
-                Ok(Some(line)) => {
-                    if room.broadcast(line.as_bytes()).await == 0 {
-                        out.error("no open channel yet; message not sent");
-                    }
-                }
+                Ok(Some(line)) => on_line(&room, &line, out).await,
                 Ok(None) => stdin_open = false,
                 Err(error) => {
                     tracing::warn!(%error, "cannot read stdin");
@@ -149,6 +145,10 @@ pub async fn run_join(mut args: JoinArgs, out: &Output) -> anyhow::Result<()> {
                 }
             },
             event = room.next_event() => match event {
+                Some(RoomEvent::IncomingFile(offer)) => {
+                    out.note(&format!("{} offered {}; refused (receive files with kadrtc recv)", offer.peer(), offer.name()));
+                    offer.reject(crate::files::NOT_RECEIVING).await;
+                }
                 Some(event) => out.room_event(&event),
                 None => break,
             },
@@ -164,6 +164,43 @@ pub async fn run_join(mut args: JoinArgs, out: &Output) -> anyhow::Result<()> {
     room.leave().await;
     Ok(())
 }
+
+/// A line typed on stdin: a command (`/peers`, `/ping`, `/help`), or a message for every
+/// member (a line starting with `//` sends it with one `/` less).
+async fn on_line(room: &Room, line: &str, out: &Output) {
+    let message = match line.strip_prefix('/') {
+        Some(rest) if rest.starts_with('/') => rest,
+        Some(command) => {
+            match command.trim() {
+                "peers" => out.peers(&room.peers()),
+                "ping" => {
+                    let peers = room.connected_peers();
+                    if peers.is_empty() {
+                        out.error("no open channel to ping");
+                    }
+                    let pings = peers.iter().map(|peer| room.ping(*peer));
+                    for (peer, result) in peers.iter().zip(futures::future::join_all(pings).await) {
+                        match result {
+                            Ok(rtt) => out.ping(*peer, rtt),
+                            Err(error) => out.error(&error.to_string()),
+                        }
+                    }
+                }
+                "help" => out.note(JOIN_COMMANDS),
+                other => out.error(&format!("unknown command /{other}; {JOIN_COMMANDS}")),
+            }
+            return;
+        }
+        None => line,
+    };
+    if room.broadcast(message.as_bytes()).await == 0 {
+        out.error("no open channel yet; message not sent");
+    }
+}
+
+/// What `/help` says.
+const JOIN_COMMANDS: &str =
+    "commands: /peers lists the members with an open channel, /ping measures round-trip times, /help; start a message with // to send a line beginning with /";
 
 /// The passphrase from --passphrase / KADRTC_PASSPHRASE, or the first line of
 /// --passphrase-file (whose text is wiped from memory once read).

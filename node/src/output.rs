@@ -3,10 +3,13 @@
 
 use std::io::Write as _;
 
-use kadrtc::{Discovery, Node, RoomError, RoomEvent};
+use std::time::Duration;
+
+use kadrtc::{Discovery, Node, PeerId, PeerInfo, RoomError, RoomEvent};
 use serde_json::{json, Value};
 
 /// Prints events as text or JSON lines.
+#[derive(Clone)]
 pub struct Output {
     json: bool,
 }
@@ -136,6 +139,7 @@ impl Output {
                     RoomError::WrongPassphrase => "wrong_passphrase",
                     RoomError::ChannelBinding(_) => "channel_binding",
                     RoomError::NoPath { .. } => "no_path",
+                    RoomError::RoomFull { .. } => "room_full",
                     _ => "other",
                 };
                 let message = match peer {
@@ -157,12 +161,75 @@ impl Output {
         }
     }
 
+    /// The answer to `/peers`.
+    pub fn peers(&self, peers: &[PeerInfo]) {
+        if self.json {
+            let list: Vec<Value> = peers
+                .iter()
+                .map(|info| {
+                    json!({
+                        "peer_id": info.peer.to_string(),
+                        "rtt_ms": info.rtt.map(|rtt| rtt.as_secs_f64() * 1000.0),
+                        "local": info.candidate_pair.map(|pair| pair.local.as_str()),
+                        "remote": info.candidate_pair.map(|pair| pair.remote.as_str()),
+                        "connected_s": info.connected_at.elapsed().as_secs(),
+                    })
+                })
+                .collect();
+            self.line(json!({"event": "peers", "peers": list}));
+            return;
+        }
+        self.text(&format!("* {} peer(s) with an open channel", peers.len()));
+        for info in peers {
+            let rtt = match info.rtt {
+                Some(rtt) => format!("{:.1} ms", rtt.as_secs_f64() * 1000.0),
+                None => "rtt unknown".into(),
+            };
+            let path = match info.candidate_pair {
+                Some(pair) => format!("{}↔{}", pair.local, pair.remote),
+                None => "path unknown".into(),
+            };
+            self.text(&format!(
+                "  {}  {rtt}  {path}  connected {} s",
+                info.peer,
+                info.connected_at.elapsed().as_secs()
+            ));
+        }
+    }
+
+    /// The answer to `/ping` for one peer.
+    pub fn ping(&self, peer: PeerId, rtt: Duration) {
+        let rtt_ms = rtt.as_secs_f64() * 1000.0;
+        if self.json {
+            self.line(json!({"event": "ping", "peer_id": peer.to_string(), "rtt_ms": rtt_ms}));
+        } else {
+            self.text(&format!("* ping {peer}: {rtt_ms:.1} ms"));
+        }
+    }
+
     /// An error event in JSON mode; text mode leaves errors to stderr.
     pub fn error(&self, message: &str) {
         if self.json {
             self.line(json!({"event": "error", "message": message}));
         } else {
             eprintln!("kadrtc: {message}");
+        }
+    }
+
+    /// Whether events are JSON lines.
+    pub fn is_json(&self) -> bool {
+        self.json
+    }
+
+    /// One JSON event line (only with `--json`).
+    pub fn json(&self, value: Value) {
+        self.line(value);
+    }
+
+    /// A line for people on stdout in text mode (`* text`); nothing with `--json`.
+    pub fn note(&self, text: &str) {
+        if !self.json {
+            self.text(&format!("* {text}"));
         }
     }
 
