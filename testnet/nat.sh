@@ -641,7 +641,7 @@ start_netdelay() {
 
 # start_node: the public kadrtc node; sets BOOT_ADDR, NODE_PEER, NODE_STUN, NODE_RELAY.
 start_node() {
-  local args=(node --listen "/ip4/$NODE_IP/tcp/$NODE_TCP_PORT" --stun-port "$NODE_STUN_PORT" --json)
+  local args=(node --ephemeral --listen "/ip4/$NODE_IP/tcp/$NODE_TCP_PORT" --stun-port "$NODE_STUN_PORT" --json)
   ((LAB_RELAY)) && args+=(--relay)
   spawn "$LAB_DIR/node.out" "$LAB_DIR/node.log" node "$BIN" "${args[@]}"
   wait_line "$LAB_DIR/node.out" '"event"[[:space:]]*:[[:space:]]*"ready"' "$SPAWNED" "the kadrtc node"

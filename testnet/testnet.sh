@@ -420,8 +420,10 @@ NODE_PID=0
 start_node() {
   local k=$1 boot=${2:-}
   # Several nodes share this host: each answers STUN on a port of its own.
-  local args=(node --listen "$LISTEN_ADDR" --stun-port 0 --json)
-  if [[ -n $boot ]]; then args+=(--bootstrap "$boot"); fi
+  local args=(node --ephemeral --listen "$LISTEN_ADDR" --stun-port 0 --json)
+  # Without a bootstrap node kadrtc would look for peers by mDNS on every interface: the
+  # testnet stays on 127.0.0.1.
+  if [[ -n $boot ]]; then args+=(--bootstrap "$boot"); else args+=(--no-mdns); fi
   "$BIN" "${args[@]}" </dev/null >"$STATE/node-$k.out" 2>"$STATE/node-$k.log" &
   NODE_PID=$!
   UP_STARTED+=("$NODE_PID")

@@ -31,9 +31,15 @@ const MAX_RELAY_RATE_KIB: i64 = (u32::MAX / 1024) as i64;
     version,
     about = "Decentralized WebRTC signaling: peers meet in a room through a libp2p DHT and talk over direct data channels",
     long_about = None,
-    after_help = "Logs go to stderr; set RUST_LOG (for example RUST_LOG=debug) for more."
+    after_help = config::SHORT_HELP,
+    after_long_help = config::LONG_HELP
 )]
 struct Cli {
+    /// Config file with defaults (TOML; see `kadrtc --help`), also given by the KADRTC_CONFIG
+    /// variable; default config.toml in the platform's config directory (~/.config/kadrtc on
+    /// Linux), which may be missing.
+    #[arg(long, global = true, value_name = "FILE")]
+    config: Option<PathBuf>,
     #[command(subcommand)]
     command: Command,
 }
@@ -59,7 +65,8 @@ enum Command {
     Answer(OfferArgs),
     /// Print this node's PeerId (the identity `kadrtc node` uses).
     Id(IdArgs),
-    /// Print a shell completion script, for example `kadrtc completions bash`.
+    /// Print a shell completion script, for example `kadrtc completions bash` (a script, so
+    /// there is no --json).
     Completions(CompletionsArgs),
 }
 
@@ -78,10 +85,26 @@ struct CommonArgs {
     /// Print one JSON object per line on stdout instead of text.
     #[arg(long)]
     json: bool,
+    /// Find peers on the local network by multicast DNS; on by default when no --bootstrap is
+    /// given (the zero-configuration mode).
+    #[arg(long, conflicts_with = "no_mdns")]
+    mdns: bool,
+    /// Do not use multicast DNS, even without --bootstrap.
+    #[arg(long)]
+    no_mdns: bool,
 }
 
 #[derive(Debug, Args)]
+#[command(mut_arg("identity", |arg| arg.help(
+    "File holding this node's identity key (libp2p protobuf encoding); created if missing. \
+     Default: node_identity in the config file, else node.key in the data directory \
+     (~/.local/share/kadrtc on Linux)."
+).long_help(None)))]
 struct NodeArgs {
+    /// Use a fresh identity for this run instead of the persistent one (for testnets that run
+    /// many nodes on one machine).
+    #[arg(long, conflicts_with = "identity")]
+    ephemeral: bool,
     /// UDP port to answer STUN Binding requests on (RFC 8489), so that peers behind NATs learn
     /// their public address from this node; on the IP of the first --listen address. 0 picks a
     /// free port.
@@ -224,10 +247,11 @@ struct OfferArgs {
 
 #[derive(Debug, Args)]
 struct IdArgs {
-    /// Identity file to read (created if missing); default the one `kadrtc node` uses.
+    /// Identity file to read (created if missing); default the one `kadrtc node` uses
+    /// (node_identity in the config file, else node.key in the data directory).
     #[arg(long, value_name = "FILE")]
     identity: Option<PathBuf>,
-    /// Print {"peer_id": …, "identity": …} instead of text.
+    /// Print {"peer_id": …, "identity": …, "created": …} instead of text.
     #[arg(long)]
     json: bool,
 }
@@ -239,7 +263,10 @@ struct CompletionsArgs {
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    // The matches tell command-line values from defaults, for the config file.
+    let matches = <Cli as clap::CommandFactory>::command().get_matches();
+    let mut cli = <Cli as clap::FromArgMatches>::from_arg_matches(&matches)
+        .unwrap_or_else(|error| error.exit());
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
         .with_ansi(std::io::stderr().is_terminal())
@@ -266,6 +293,7 @@ fn main() -> ExitCode {
     };
     let out = Output::new(json);
     let result = runtime.block_on(async {
+        let config = config::apply(&mut cli, &matches)?;
         match cli.command {
             Command::Node(args) => run_node(args, &out).await,
             Command::Join(args) => join::run_join(args, &out).await,
@@ -273,7 +301,7 @@ fn main() -> ExitCode {
             Command::Recv(args) => files::run_recv(args, &out).await,
             Command::Offer(args) => copy_paste::run_offer(args, &out).await,
             Command::Answer(args) => copy_paste::run_answer(args, &out).await,
-            Command::Id(args) => config::run_id(args, &out),
+            Command::Id(args) => config::run_id(args, &config),
             Command::Completions(args) => {
                 config::run_completions(args);
                 Ok(())
@@ -324,7 +352,8 @@ async fn start_node(
         }
     }
     if let Some(path) = &args.identity {
-        builder = builder.identity(identity::load_or_create(path)?);
+        // Locked until this process exits.
+        builder = builder.identity(identity::lock_and_load(path)?);
     }
     for addr in &args.listen {
         builder = builder.listen(addr.clone());
@@ -332,6 +361,7 @@ async fn start_node(
     for addr in &args.bootstrap {
         builder = builder.bootstrap(addr.clone());
     }
+    builder = builder.mdns(args.mdns || (!args.no_mdns && args.bootstrap.is_empty()));
     builder.build().await.map_err(|error| match error {
         stun @ kadrtc::NodeError::Stun { .. } => anyhow::Error::new(stun)
             .context("cannot start the node (choose another port with --stun-port, or --no-stun)"),

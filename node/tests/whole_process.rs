@@ -209,7 +209,7 @@ async fn forged_envelope_is_refused_by_the_storing_node_and_ignored_by_the_joine
 
 /// Runs `kadrtc` to completion with stdin closed and returns (success, stderr).
 fn run_to_exit(args: &[&str]) -> (bool, String) {
-    let output = Command::new(env!("CARGO_BIN_EXE_kadrtc"))
+    let output = support::command(&support::fresh_home("run-to-exit"))
         .args(args)
         .stdin(Stdio::null())
         .output()
@@ -230,6 +230,7 @@ fn bad_multiaddr_is_a_clear_error() {
 fn bootstrap_address_without_peer_id_is_a_clear_error() {
     let (ok, stderr) = run_to_exit(&[
         "node",
+        "--ephemeral",
         "--stun-port",
         "0",
         "--listen",
@@ -273,6 +274,7 @@ fn unreadable_identity_file_is_a_clear_error_and_a_new_one_is_created_and_reused
         "0",
         "--listen",
         "/ip4/127.0.0.1/tcp/0",
+        "--no-mdns",
         "--identity",
         garbage.to_str().unwrap(),
     ]);
@@ -292,6 +294,7 @@ fn unreadable_identity_file_is_a_clear_error_and_a_new_one_is_created_and_reused
                 "0",
                 "--listen",
                 "/ip4/127.0.0.1/tcp/0",
+                "--no-mdns",
                 "--identity",
                 path,
                 "--json",
@@ -380,8 +383,10 @@ fn stun_port_in_use_is_a_clear_error() {
     let port = taken.local_addr().unwrap().port().to_string();
     let (ok, stderr) = run_to_exit(&[
         "node",
+        "--ephemeral",
         "--listen",
         "/ip4/127.0.0.1/tcp/0",
+        "--no-mdns",
         "--stun-port",
         &port,
     ]);
@@ -398,8 +403,10 @@ fn relay_node(name: &str) -> (Proc, String, std::net::SocketAddr) {
         name,
         &[
             "node",
+            "--ephemeral",
             "--listen",
             "/ip4/127.0.0.1/tcp/0",
+            "--no-mdns",
             "--stun-port",
             "0",
             "--relay",
@@ -489,9 +496,11 @@ fn with_no_path_and_no_relay_joiners_say_so_within_30_seconds() {
 fn relay_without_a_known_ip_is_a_clear_error() {
     let (ok, stderr) = run_to_exit(&[
         "node",
+        "--ephemeral",
         "--listen",
         "/ip4/0.0.0.0/tcp/0",
         "--no-stun",
+        "--no-mdns",
         "--relay",
     ]);
     assert!(!ok);

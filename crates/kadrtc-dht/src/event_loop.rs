@@ -16,9 +16,10 @@ use libp2p::{
     connection_limits::{self, ConnectionLimits},
     gossipsub, identify,
     kad::{self, store::MemoryStore, store::RecordStore as _},
+    mdns,
     multiaddr::Protocol,
     noise, ping, request_response,
-    swarm::{NetworkBehaviour, SwarmEvent},
+    swarm::{behaviour::toggle::Toggle, NetworkBehaviour, SwarmEvent},
     tcp, yamux, Multiaddr, PeerId, StreamProtocol, Swarm,
 };
 use tokio::sync::{mpsc, oneshot};
@@ -55,6 +56,8 @@ struct Behaviour {
     identify: identify::Behaviour,
     ping: ping::Behaviour,
     ice: request_response::json::Behaviour<IceRequest, IceResponse>,
+    /// Present only when [`DhtConfig::mdns`] is set.
+    mdns: Toggle<mdns::tokio::Behaviour>,
 }
 
 struct EventLoop {
@@ -178,6 +181,11 @@ pub(crate) async fn start(
                     }
                     connected |= bootstrap_peers.contains(&peer_id);
                 }
+                // A node is announced once per address until its record expires, so what
+                // mDNS finds while the node starts must not be dropped.
+                SwarmEvent::Behaviour(BehaviourEvent::Mdns(event)) => {
+                    handle_mdns_event(&mut swarm, event);
+                }
                 SwarmEvent::OutgoingConnectionError { peer_id: Some(peer), error, .. } if bootstrap_peers.contains(&peer) => {
                     dial_errors.push(format!("{peer}: {error}"));
                     dials_in_flight = dials_in_flight.saturating_sub(1);
@@ -274,8 +282,43 @@ fn ip_of(addr: &Multiaddr) -> Option<IpAddr> {
     })
 }
 
+/// What mDNS reported ([`DhtConfig::mdns`]): every node found on the local network is dialled
+/// when not connected. It enters the Kademlia routing table the way every peer does, once
+/// identify shows that it serves [`KAD_PROTOCOL`]: mDNS (`_p2p._udp.local`) also finds other
+/// libp2p programs (IPFS nodes, for instance) and kadrtc nodes in Kademlia client mode, and
+/// neither belongs in the table. Expired addresses need nothing: Kademlia drops peers that
+/// stop answering on its own.
+fn handle_mdns_event(swarm: &mut Swarm<Behaviour>, event: mdns::Event) {
+    match event {
+        mdns::Event::Discovered(found) => {
+            let mut dialled = HashSet::new();
+            for (peer, addr) in found {
+                tracing::debug!(%peer, %addr, "found on the local network by mDNS");
+                // One dial per peer, by peer id: the mDNS behaviour gives the swarm every
+                // address it found for the peer.
+                if !swarm.is_connected(&peer) && dialled.insert(peer) {
+                    if let Err(error) = swarm.dial(peer) {
+                        tracing::debug!(%peer, %error, "cannot dial a node found by mDNS");
+                    }
+                }
+            }
+        }
+        mdns::Event::Expired(expired) => {
+            for (peer, addr) in expired {
+                tracing::debug!(%peer, %addr, "mDNS record expired");
+            }
+        }
+    }
+}
+
 fn build_swarm(config: &DhtConfig) -> Result<Swarm<Behaviour>, DhtError> {
     let kad_protocol = StreamProtocol::new(KAD_PROTOCOL);
+    let mdns = if config.mdns {
+        let local = config.keypair.public().to_peer_id();
+        Some(mdns::tokio::Behaviour::new(mdns::Config::default(), local).map_err(DhtError::Mdns)?)
+    } else {
+        None
+    };
     let replication_factor = config.replication_factor;
     let query_timeout = config.query_timeout;
     let kad_server = config.kad_server;
@@ -358,6 +401,7 @@ fn build_swarm(config: &DhtConfig) -> Result<Swarm<Behaviour>, DhtError> {
                 identify,
                 ping: ping::Behaviour::default(),
                 ice,
+                mdns: Toggle::from(mdns),
             })
         })
         .map_err(|e| DhtError::Transport(e.to_string()))?
@@ -560,6 +604,9 @@ impl EventLoop {
                 tracing::debug!(%address, "listening");
             }
             SwarmEvent::Behaviour(BehaviourEvent::Ice(event)) => self.handle_ice_event(event),
+            SwarmEvent::Behaviour(BehaviourEvent::Mdns(event)) => {
+                handle_mdns_event(&mut self.swarm, event)
+            }
             SwarmEvent::ConnectionEstablished {
                 peer_id, endpoint, ..
             } => {

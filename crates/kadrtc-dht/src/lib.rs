@@ -1,6 +1,7 @@
 //! kadrtc's libp2p layer: one task owns a `Swarm` running Kademlia (`/kadrtc/kad/1.0.0`),
-//! gossipsub, identify and ping over TCP + noise + yamux; everything else talks to it through
-//! a cheap, cloneable [`DhtHandle`].
+//! gossipsub, identify and ping over TCP + noise + yamux (and, when [`DhtConfig::mdns`] is set,
+//! mDNS discovery on the local network); everything else talks to it through a cheap,
+//! cloneable [`DhtHandle`].
 //!
 //! Words (DESIGN.md): room members are Kademlia **providers** of the room's presence key; each
 //! sender's signaling state is a **record** under a mailbox key; the room's **topic** carries
@@ -132,6 +133,13 @@ pub struct DhtConfig {
     /// addresses it listens on, and every query that tries them waits for the dial to time
     /// out.
     pub kad_server: bool,
+    /// Whether to find other libp2p nodes on the local network by multicast DNS (libp2p's
+    /// mDNS discovery, RFC 6762 and RFC 6763 service `_p2p._udp.local`, on UDP port 5353 of
+    /// the IPv4 group 224.0.0.251, on every non-loopback IPv4 interface). Each node found
+    /// is dialled, and enters the Kademlia routing table when identify shows it serves
+    /// [`KAD_PROTOCOL`], so two nodes on one LAN meet with no bootstrap peer. Default: off
+    /// (it sends multicast out of every interface of the host).
+    pub mdns: bool,
 }
 
 /// A cheap, cloneable handle to the event loop that owns the swarm of a running DHT node.
@@ -227,6 +235,10 @@ pub enum DhtError {
     /// malformed one).
     #[error("ICE servers request failed: {0}")]
     Ice(String),
+    /// mDNS discovery ([`DhtConfig::mdns`]) could not start: the host's network interfaces
+    /// could not be watched.
+    #[error("cannot start mDNS discovery: {0}")]
+    Mdns(#[source] std::io::Error),
     /// The event loop has stopped.
     #[error("the DHT node has stopped")]
     Stopped,
@@ -296,6 +308,7 @@ impl DhtConfig {
             query_timeout: DEFAULT_QUERY_TIMEOUT,
             ice: IceService::default(),
             kad_server: true,
+            mdns: false,
         }
     }
 

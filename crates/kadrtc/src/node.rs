@@ -57,6 +57,7 @@ pub struct NodeBuilder {
     relay: Option<RelayOptions>,
     relay_only: bool,
     dht_server: Option<bool>,
+    mdns: bool,
 }
 
 /// How [`NodeBuilder::relay`] was configured.
@@ -260,6 +261,17 @@ impl NodeBuilder {
         self
     }
 
+    /// Finds kadrtc nodes on the local network by multicast DNS (libp2p's mDNS discovery,
+    /// RFC 6762 and RFC 6763, on UDP port 5353 of the IPv4 group 224.0.0.251, on every
+    /// non-loopback interface) and connects to them, so that peers on one LAN meet with no
+    /// bootstrap node: the zero-configuration mode. Works beside bootstrap peers too. Off by
+    /// default in the library, since it sends multicast out of every interface of the host;
+    /// the `kadrtc` CLI turns it on when it is given no bootstrap node.
+    pub fn mdns(mut self, on: bool) -> Self {
+        self.mdns = on;
+        self
+    }
+
     /// Connects to peers only through TURN relays (`iceTransportPolicy: "relay"`, W3C WebRTC
     /// §4.2.5), so that peers never learn this host's IP addresses. Needs a relay among the
     /// connected nodes; without one every attempt ends in [`crate::RoomError::NoPath`].
@@ -340,6 +352,7 @@ impl NodeBuilder {
         let mut config = DhtConfig::new(keypair.clone());
         config.listen = listen;
         config.kad_server = self.dht_server.unwrap_or(self.bootstrap.is_empty());
+        config.mdns = self.mdns;
         config.bootstrap = self.bootstrap;
         config.ice = IceService {
             stun_port: stun.as_ref().map(|s| s.local_addr().port()),

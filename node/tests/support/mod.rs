@@ -6,6 +6,7 @@
 use std::io::{BufRead as _, BufReader, Write as _};
 use std::path::PathBuf;
 use std::process::{Child, ChildStdin, Command, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::mpsc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -35,12 +36,12 @@ impl Proc {
         Self::spawn_with_env(name, args, &[])
     }
 
-    /// [`Proc::spawn`] with extra environment variables (`RUST_LOG` defaults to `warn`).
+    /// [`Proc::spawn`] with extra environment variables (`RUST_LOG` defaults to `warn`; the
+    /// config and data directories to a fresh one, see [`command`]).
     pub fn spawn_with_env(name: &str, args: &[&str], env: &[(&str, &str)]) -> Self {
-        let dir = std::env::temp_dir().join(format!("kadrtc-test-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
+        let dir = test_dir();
         let stderr = dir.join(format!("{name}.log"));
-        let mut child = Command::new(env!("CARGO_BIN_EXE_kadrtc"))
+        let mut child = command(&fresh_home(name))
             .args(args)
             .env("RUST_LOG", "warn")
             .envs(env.iter().copied())
@@ -80,10 +81,12 @@ impl Proc {
         // Tests run in parallel: each node answers STUN on a free port.
         let mut args = vec![
             "node",
+            "--ephemeral",
             "--listen",
             "/ip4/127.0.0.1/tcp/0",
             "--stun-port",
             "0",
+            "--no-mdns",
             "--json",
         ];
         if let Some(b) = bootstrap {
@@ -257,6 +260,35 @@ impl Drop for Proc {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// This test binary's scratch directory (logs, homes), created if missing.
+pub fn test_dir() -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("kadrtc-test-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+/// A new empty directory under [`test_dir`], for one process's config and data.
+pub fn fresh_home(label: &str) -> PathBuf {
+    static NEXT: AtomicUsize = AtomicUsize::new(0);
+    let n = NEXT.fetch_add(1, Ordering::Relaxed);
+    let home = test_dir().join(format!("home-{label}-{n}"));
+    let _ = std::fs::remove_dir_all(&home);
+    std::fs::create_dir_all(&home).unwrap();
+    home
+}
+
+/// The `kadrtc` binary with its config and data directories (`XDG_CONFIG_HOME`,
+/// `XDG_DATA_HOME`) in `home`, so that no test reads the developer's config file or writes
+/// their identity.
+pub fn command(home: &std::path::Path) -> Command {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_kadrtc"));
+    command
+        .env("XDG_CONFIG_HOME", home.join("config"))
+        .env("XDG_DATA_HOME", home.join("data"))
+        .env_remove("KADRTC_CONFIG");
+    command
 }
 
 /// Starts `n` nodes, each bootstrapped from the first; returns them with their addresses.
