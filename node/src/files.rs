@@ -43,11 +43,13 @@ pub async fn run_send(mut args: SendArgs, out: &Output) -> anyhow::Result<()> {
     let result = loop {
         let peer = tokio::select! {
             event = room.next_event() => match event {
-                Some(RoomEvent::ChannelOpen { peer, .. })
-                    if args.to.is_none_or(|to| to == peer) && !refused.contains(&peer) => peer,
                 Some(event) => {
                     out.room_event(&event);
-                    continue;
+                    match event {
+                        RoomEvent::ChannelOpen { peer, .. }
+                            if args.to.is_none_or(|to| to == peer) && !refused.contains(&peer) => peer,
+                        _ => continue,
+                    }
                 }
                 None => break Err(anyhow::anyhow!("the room closed")),
             },

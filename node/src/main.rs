@@ -313,7 +313,10 @@ fn main() -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
-            out.error(&format!("{error:#}"));
+            // The JSON reader gets an error event; stderr gets it either way, once.
+            if out.is_json() {
+                out.error(&format!("{error:#}"));
+            }
             eprintln!("kadrtc: error: {error:#}");
             ExitCode::FAILURE
         }

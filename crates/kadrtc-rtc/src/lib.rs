@@ -70,6 +70,11 @@ pub const SIDE_CHANNEL_QUEUE: usize = 64;
 /// How long [`PeerConnection::open_side_channel`] waits for the remote to open the channel.
 pub const SIDE_CHANNEL_OPEN_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// Attempts [`PeerConnection::open_side_channel`] makes when a channel closes before it
+/// opens, [`SIDE_CHANNEL_RETRY_DELAY`] apart.
+const SIDE_CHANNEL_OPEN_ATTEMPTS: u32 = 3;
+const SIDE_CHANNEL_RETRY_DELAY: Duration = Duration::from_millis(50);
+
 /// Bytes a channel may have handed to SCTP but not yet had acknowledged before
 /// [`Channel::send`] waits (send backpressure). 1 MiB matches the SCTP receive window.
 pub const DEFAULT_SEND_BUFFER_LIMIT: usize = 1024 * 1024;
@@ -118,6 +123,10 @@ pub struct RtcConfig {
     /// only one labelled [`CHANNEL_LABEL`]: for answering an offer from another WebRTC
     /// implementation (a browser tab names its channel as it likes). Default `false`.
     pub any_remote_label: bool,
+    /// How long ICE keeps checking after [`ICE_DISCONNECTED_TIMEOUT`] before the connection
+    /// fails; default [`ICE_FAILED_TIMEOUT`]. Copy-paste signaling, where a person carries the
+    /// answer over, needs minutes.
+    pub ice_failed_timeout: Duration,
 }
 
 /// One STUN or TURN server for ICE gathering (the `RTCIceServer` dictionary of W3C WebRTC
@@ -315,6 +324,7 @@ impl RtcConfig {
             relay_only: false,
             ordered: true,
             any_remote_label: false,
+            ice_failed_timeout: ICE_FAILED_TIMEOUT,
         }
     }
 
@@ -329,6 +339,7 @@ impl RtcConfig {
             relay_only: false,
             ordered: true,
             any_remote_label: false,
+            ice_failed_timeout: ICE_FAILED_TIMEOUT,
         }
     }
 }
@@ -375,9 +386,14 @@ impl PeerConnection {
             .with_include_loopback_candidate(true)
             .with_ice_timeouts(
                 Some(ICE_DISCONNECTED_TIMEOUT),
-                Some(ICE_FAILED_TIMEOUT),
+                Some(config.ice_failed_timeout),
                 None,
             )
+            // No mDNS (.local) host candidates, and no multicast socket: webrtc-rs's default
+            // (query only) joins 224.0.0.251 and cannot start on a host or namespace without
+            // a multicast route. A peer's .local candidate then goes unresolved, and its
+            // address arrives as a peer-reflexive candidate once it checks us.
+            .with_multicast_dns_mode(rtc_ice::mdns::MulticastDnsMode::Disabled)
             .with_ice_connection_attempts(Some(ICE_CHECK_INTERVAL), Some(ICE_MAX_BINDING_REQUESTS))
             .build();
         let bind: Vec<SocketAddr> = config
@@ -574,23 +590,33 @@ impl PeerConnection {
                 "side channel labels start with {SIDE_LABEL_PREFIX:?}; {label:?} does not"
             )));
         }
-        let slot = SideSlot::take(&self.side_channels).ok_or(RtcError::TooManySideChannels)?;
-        let channel = self
-            .inner
-            .create_data_channel(label, Some(RTCDataChannelInit::default()))
-            .await
-            .map_err(webrtc_error)?;
-        let (open_tx, open_rx) = tokio::sync::oneshot::channel();
-        tokio::spawn(pump_side_channel::<()>(
-            channel,
-            label.to_string(),
-            slot,
-            SideOpen::Reply(open_tx),
-        ));
-        match tokio::time::timeout(SIDE_CHANNEL_OPEN_TIMEOUT, open_rx).await {
-            Ok(Ok(side)) => Ok(side),
-            _ => Err(RtcError::SideChannelNotOpen),
+        let deadline = tokio::time::Instant::now() + SIDE_CHANNEL_OPEN_TIMEOUT;
+        for attempt in 1..=SIDE_CHANNEL_OPEN_ATTEMPTS {
+            let slot = SideSlot::take(&self.side_channels).ok_or(RtcError::TooManySideChannels)?;
+            let channel = self
+                .inner
+                .create_data_channel(label, Some(RTCDataChannelInit::default()))
+                .await
+                .map_err(webrtc_error)?;
+            let (open_tx, open_rx) = tokio::sync::oneshot::channel();
+            tokio::spawn(pump_side_channel::<()>(
+                channel,
+                label.to_string(),
+                slot,
+                SideOpen::Reply(open_tx),
+            ));
+            match tokio::time::timeout_at(deadline, open_rx).await {
+                Ok(Ok(side)) => return Ok(side),
+                // Closed before it opened: webrtc-rs may hand out the stream id of a channel
+                // whose reset (RFC 8831 §6.7) has not finished, and the remote refuses it.
+                Ok(Err(_)) => {
+                    tracing::debug!(attempt, %label, "side channel closed before it opened");
+                    tokio::time::sleep(SIDE_CHANNEL_RETRY_DELAY).await;
+                }
+                Err(_) => break,
+            }
         }
+        Err(RtcError::SideChannelNotOpen)
     }
 
     /// Closes the connection and its channel.

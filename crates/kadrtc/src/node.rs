@@ -388,6 +388,7 @@ impl NodeInner {
             relay_only: self.relay_only,
             ordered: true,
             any_remote_label: false,
+            ice_failed_timeout: kadrtc_rtc::ICE_FAILED_TIMEOUT,
         }
     }
 }
