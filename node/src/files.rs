@@ -34,7 +34,7 @@ pub async fn run_send(mut args: SendArgs, out: &Output) -> anyhow::Result<()> {
     }
     let target = parse_room(&args.room)?;
     let (_node, mut room) = start_and_join(&target, &args.room_args, &mut args.common, out).await?;
-    out.joined(&target.name);
+    out.joined(&target.room);
     out.note("waiting for a peer that runs `kadrtc recv` in this room…");
     let progress = Progress::new(out);
     let shutdown = shutdown_signal();
@@ -143,7 +143,7 @@ pub async fn run_recv(mut args: RecvArgs, out: &Output) -> anyhow::Result<()> {
         .with_context(|| format!("cannot create the output directory {}", args.out.display()))?;
     let target = parse_room(&args.room)?;
     let (_node, mut room) = start_and_join(&target, &args.room_args, &mut args.common, out).await?;
-    out.joined(&target.name);
+    out.joined(&target.room);
     out.note(&format!(
         "receiving files into {}; Ctrl-C to stop",
         args.out.display()

@@ -79,6 +79,9 @@
 //!   [`RoomError::RoomFull`] and ignored until a slot frees.
 //! - **Privacy**: a [`RoomConfig::passphrase`] seals signaling under a key derived with
 //!   argon2id; [`RoomConfig::allow`] admits only listed peers.
+//! - **Rooms from nothing**: [`RoomLink::random`] makes a room with a random name; its
+//!   `kadrtc://` form ([`RoomLink`]'s `Display`, read back with [`RoomLink::parse`]) carries
+//!   the room and bootstrap addresses to the other side in one line.
 //! - **Leaving**: [`Room::leave`] announces the departure, withdraws presence and closes the
 //!   channels (at most 2 s); dropping the room does the same in the background.
 //!
@@ -138,6 +141,7 @@ mod channel;
 pub mod file;
 mod ice;
 mod identity;
+mod link;
 mod node;
 mod room;
 
@@ -150,6 +154,7 @@ pub use kadrtc_dht::{
 pub use kadrtc_proto::{BindingError, KeyError, NegotiationConfig};
 pub use kadrtc_rtc::{CandidatePair, CandidateType, IceServer};
 pub use libp2p::{Multiaddr, PeerId};
+pub use link::{LinkError, RoomLink, LINK_SCHEME, RANDOM_ROOM_BYTES};
 pub use node::{JoinError, Node, NodeBuilder, NodeError};
 pub use room::{
     Discovery, Passphrase, PingError, Room, RoomConfig, RoomError, RoomEvent, SendError,
