@@ -34,8 +34,10 @@ pub async fn run_send(mut args: SendArgs, out: &Output) -> anyhow::Result<()> {
     }
     let target = parse_room(&args.room)?;
     let (_node, mut room) = start_and_join(&target, &args.room_args, &mut args.common, out).await?;
-    out.joined(&target.room);
-    out.note("waiting for a peer that runs `kadrtc recv` in this room…");
+    out.joined(
+        &target.room,
+        "waiting for a peer that runs `kadrtc recv` in this room…",
+    );
     let progress = Progress::new(out);
     let shutdown = shutdown_signal();
     tokio::pin!(shutdown);
@@ -143,11 +145,11 @@ pub async fn run_recv(mut args: RecvArgs, out: &Output) -> anyhow::Result<()> {
         .with_context(|| format!("cannot create the output directory {}", args.out.display()))?;
     let target = parse_room(&args.room)?;
     let (_node, mut room) = start_and_join(&target, &args.room_args, &mut args.common, out).await?;
-    out.joined(&target.room);
-    out.note(&format!(
+    let next = format!(
         "receiving files into {}; Ctrl-C to stop",
         args.out.display()
-    ));
+    );
+    out.joined(&target.room, &next);
     let progress = Progress::new(out);
     let shutdown = shutdown_signal();
     tokio::pin!(shutdown);
@@ -350,13 +352,13 @@ impl View {
                 "bytes_per_second": rate(receipt.size, seconds),
             }));
         } else {
-            let verb = if event == "file_sent" {
-                "sent"
+            let (verb, checked) = if event == "file_sent" {
+                ("sent", "confirmed by the receiver")
             } else {
-                "received"
+                ("received", "checked")
             };
             self.out.note(&format!(
-                "{verb} {} ({}) in {seconds:.2} s, {}/s, sha256 {sha256} (confirmed by the receiver)",
+                "{verb} {} ({}) in {seconds:.2} s, {}/s, sha256 {sha256} ({checked})",
                 receipt.name,
                 human_bytes(receipt.size),
                 human_bytes(rate(receipt.size, seconds) as u64),

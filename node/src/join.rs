@@ -66,7 +66,10 @@ pub async fn run_join(mut args: JoinArgs, out: &Output) -> anyhow::Result<()> {
         };
         out.room_created(&target.room, &link.to_string());
     }
-    out.joined(&target.room);
+    out.joined(
+        &target.room,
+        "type a line and press Enter to send it to everyone (/help for commands)",
+    );
     let mut lines = BufReader::new(tokio::io::stdin()).lines();
     let mut stdin_open = true;
     // Created once, so that a signal arriving while the loop body runs is not lost.

@@ -62,11 +62,10 @@ impl Output {
         }
     }
 
-    pub fn joined(&self, room: &str) {
+    /// Text mode: the room is joined, and what to do next (`next`).
+    pub fn joined(&self, room: &str, next: &str) {
         if !self.json {
-            self.text(&format!(
-                "* joined room {room:?}; type a line and press Enter to send it to everyone"
-            ));
+            self.text(&format!("* joined room {room:?}; {next}"));
         }
     }
 
