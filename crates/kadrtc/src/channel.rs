@@ -3,7 +3,7 @@
 //! Every message on a room's main data channel (after the channel-binding proof, which is
 //! the first message each way) starts with one frame byte: [`frame::DATA`] for application
 //! messages, [`frame::PING`] and [`frame::PONG`] (with an 8-byte nonce) for round-trip
-//! times and liveness. Files travel on side channels of their own, see [`crate::file`].
+//! times and liveness, [`frame::BYE`] when the sender leaves the room. Files travel on side channels of their own, see [`crate::file`].
 
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -26,6 +26,8 @@ pub(crate) mod frame {
     pub const PING: u8 = 1;
     /// The answer to a [`PING`], with its nonce.
     pub const PONG: u8 = 2;
+    /// The sender leaves the room ([`crate::Room::leave`]): report it gone now.
+    pub const BYE: u8 = 3;
 }
 
 /// A main-channel message, framed.

@@ -82,8 +82,9 @@
 //! - **Rooms from nothing**: [`RoomLink::random`] makes a room with a random name; its
 //!   `kadrtc://` form ([`RoomLink`]'s `Display`, read back with [`RoomLink::parse`]) carries
 //!   the room and bootstrap addresses to the other side in one line.
-//! - **Leaving**: [`Room::leave`] announces the departure, withdraws presence and closes the
-//!   channels (at most 2 s); dropping the room does the same in the background.
+//! - **Leaving**: [`Room::leave`] says goodbye on every channel (members report `PeerLeft`
+//!   at once), announces the departure, withdraws presence and closes the channels, in at
+//!   most [`LEAVE_LIMIT`]; dropping the room does the same in the background.
 //!
 //! # Files
 //!
@@ -159,5 +160,5 @@ pub use node::{JoinError, Node, NodeBuilder, NodeError};
 pub use room::{
     Discovery, Passphrase, PingError, Room, RoomConfig, RoomError, RoomEvent, SendError,
     DEFAULT_DISCOVERY_INITIAL, DEFAULT_DISCOVERY_MAX, DEFAULT_ENVELOPE_TTL, DEFAULT_MAX_PEERS,
-    EVENT_CHANNEL_CAPACITY, PEER_TIMEOUT, PING_INTERVAL,
+    EVENT_CHANNEL_CAPACITY, LEAVE_LIMIT, PEER_TIMEOUT, PING_INTERVAL,
 };

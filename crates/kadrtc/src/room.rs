@@ -49,8 +49,13 @@ pub const EVENT_CHANNEL_CAPACITY: usize = 256;
 const RTC_EVENT_CAPACITY: usize = 1024;
 /// Capacity of the channel carrying finished DHT lookups into the room actor.
 const INTERNAL_CAPACITY: usize = 256;
-/// How long leaving waits for the `Leave` announcement and connection teardown.
+/// The longest [`Room::leave`] takes: the goodbyes, the `Leave` announcement and the
+/// connections' teardown, each bounded.
+pub const LEAVE_LIMIT: Duration = Duration::from_secs(5);
+/// How long leaving waits for the `Leave` announcement, and for connection teardown.
 const LEAVE_TIMEOUT: Duration = Duration::from_secs(2);
+/// How long leaving waits for the goodbye on open channels to be sent.
+const BYE_TIMEOUT: Duration = Duration::from_millis(500);
 /// How long a peer that left (or was given up on) is not rediscovered through stale provider
 /// records; a fresh announcement from it, or a new topic subscription, brings it back sooner.
 const DEPARTED_MEMORY: Duration = Duration::from_secs(120);
@@ -549,8 +554,9 @@ impl Room {
         self.channels.read().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// Leaves the room: announces the departure on the room topic, withdraws the presence
-    /// announcement and closes every channel (waiting at most 2 s).
+    /// Leaves the room: says goodbye on every open channel (the members report
+    /// [`RoomEvent::PeerLeft`] at once), announces the departure on the room topic, withdraws
+    /// the presence announcement and closes every channel, waiting at most [`LEAVE_LIMIT`].
     pub async fn leave(self) {
         let Room {
             events, commands, ..
@@ -559,7 +565,7 @@ impl Room {
         drop(events);
         let (reply, done) = oneshot::channel();
         if commands.send(Command::Leave(reply)).await.is_ok() {
-            let _ = tokio::time::timeout(LEAVE_TIMEOUT * 2, done).await;
+            let _ = tokio::time::timeout(LEAVE_LIMIT, done).await;
         }
     }
 }
@@ -1084,6 +1090,10 @@ impl RoomActor {
                 }
                 None => tracing::debug!(%peer, "malformed ping ignored"),
             },
+            Some((&frame::BYE, _)) => {
+                tracing::debug!(%peer, "the peer left the room");
+                self.remove_peer(peer);
+            }
             Some((&frame::PONG, body)) => {
                 let pending = ping_nonce(body)
                     .and_then(|nonce| self.pings.remove(&nonce))
@@ -1548,6 +1558,18 @@ impl RoomActor {
     }
 
     async fn shutdown(&mut self) {
+        // Open channels hear it first, and report the departure at once.
+        let channels: Vec<Channel> = self
+            .channels
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .values()
+            .map(|link| link.channel.clone())
+            .collect();
+        let goodbyes = channels
+            .iter()
+            .map(|channel| channel.main.send(&[frame::BYE]));
+        let _ = tokio::time::timeout(BYE_TIMEOUT, futures::future::join_all(goodbyes)).await;
         let leave = self.envelope(None, SessionId::from_bytes([0; 16]), 0, Body::Leave);
         if let Ok(bytes) = leave.sign(&self.node.keypair, &self.key) {
             let publish = self.node.dht.publish(self.topic.clone(), bytes);
