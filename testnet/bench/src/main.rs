@@ -4,7 +4,8 @@
 //! kadrtc on a 5-node loopback testnet, and through a central WebSocket signaling relay
 //! (the tutorials' design) with the same WebRTC stack; throughput over one channel against
 //! plain TCP; the RSS and idle CPU of the real `kadrtc` binary; `get_record` latency and
-//! requests in in-process DHTs of N nodes. Progress goes to stderr, the table to stdout,
+//! requests in in-process DHTs of N nodes; a file transfer between two `kadrtc` processes
+//! (`kadrtc send` to `kadrtc recv`). Progress goes to stderr, the table to stdout,
 //! and `results.json` and `results.svg` to the output folder. Timings are reported, never
 //! asserted: the exit status is non-zero only when a measurement could not run.
 //!
@@ -12,6 +13,7 @@
 //! each figure measures.
 
 mod dht;
+mod files;
 mod join;
 mod plot;
 mod procs;
@@ -44,7 +46,7 @@ const MESSAGE_SIZES: [usize; 2] = [16 * 1024, 64 * 1024];
 #[command(
     name = "kadrtc-bench",
     version,
-    about = "kadrtc's benchmark suite on 127.0.0.1: set-up latency (bare WebRTC, kadrtc, a central WebSocket relay), throughput vs TCP, DHT lookups, RSS and idle CPU",
+    about = "kadrtc's benchmark suite on 127.0.0.1: set-up latency (bare WebRTC, kadrtc, a central WebSocket relay), throughput vs TCP, DHT lookups, RSS and idle CPU, a file transfer through the kadrtc CLI",
     after_help = "Progress goes to stderr, the table to stdout; DIR/results.json and DIR/results.svg hold the figures. See BENCHMARKS.md."
 )]
 struct Cli {
@@ -54,7 +56,7 @@ struct Cli {
     /// Output folder for results.json, results.svg and the logs of child processes.
     #[arg(long, value_name = "DIR", default_value = "target/kadrtc-bench")]
     out: PathBuf,
-    /// The kadrtc binary for the RSS and CPU figures. Default: `kadrtc` next to this
+    /// The kadrtc binary for the RSS, CPU and file-transfer figures. Default: `kadrtc` next to this
     /// executable, built first (cargo build -p kadrtc-node, same profile) unless --no-build.
     #[arg(long, value_name = "PATH")]
     kadrtc: Option<PathBuf>,
@@ -90,6 +92,8 @@ enum Section {
     Resources,
     /// DHT lookups.
     Dht,
+    /// A file transfer through the kadrtc CLI (send to recv).
+    Files,
 }
 
 /// Counts for one run of the suite.
@@ -102,6 +106,8 @@ struct Plan {
     channels: usize,
     idle: Duration,
     cpu_window: Duration,
+    file_bytes: usize,
+    file_reps: usize,
 }
 
 fn main() -> ExitCode {
@@ -176,10 +182,13 @@ async fn run(cli: Cli) -> anyhow::Result<bool> {
         throughput: None,
         dht: Vec::new(),
         resources: None,
+        files: None,
         table: Vec::new(),
         errors: Vec::new(),
     };
     let mut errors = Vec::new();
+    // The kadrtc binary, once found (and built) for a first section that needs it.
+    let mut binary = None;
 
     if wanted(Section::Bare) {
         results.bare_offer_to_open = section(
@@ -229,7 +238,7 @@ async fn run(cli: Cli) -> anyhow::Result<bool> {
     if wanted(Section::Resources) {
         let logs = cli.out.join("logs");
         let measured = async {
-            let binary = procs::kadrtc_binary(cli.kadrtc.clone(), !cli.no_build).await?;
+            let binary = kadrtc_binary(&mut binary, &cli).await?;
             procs::measure(&binary, &logs, plan.channels, plan.idle, plan.cpu_window).await
         };
         results.resources = section(
@@ -259,6 +268,23 @@ async fn run(cli: Cli) -> anyhow::Result<bool> {
         }
     }
 
+    if wanted(Section::Files) {
+        let measured = async {
+            let binary = kadrtc_binary(&mut binary, &cli).await?;
+            files::measure(&binary, &cli.out, plan.file_bytes, plan.file_reps).await
+        };
+        results.files = section(
+            &mut errors,
+            &format!(
+                "file transfer through the kadrtc CLI (send to recv), {} MiB × {}",
+                plan.file_bytes / MIB,
+                plan.file_reps
+            ),
+            measured,
+        )
+        .await;
+    }
+
     results.errors = errors;
     results.duration_s = started.elapsed().as_secs_f64();
     results.build_table();
@@ -286,6 +312,16 @@ async fn run(cli: Cli) -> anyhow::Result<bool> {
     println!();
     print!("{}", results.table_text());
     Ok(results.errors.is_empty() && plotted.is_ok())
+}
+
+/// The `kadrtc` binary (see `procs::kadrtc_binary`), looked up (and built) only once.
+async fn kadrtc_binary(known: &mut Option<PathBuf>, cli: &Cli) -> anyhow::Result<PathBuf> {
+    if let Some(binary) = known {
+        return Ok(binary.clone());
+    }
+    let binary = procs::kadrtc_binary(cli.kadrtc.clone(), !cli.no_build).await?;
+    *known = Some(binary.clone());
+    Ok(binary)
 }
 
 /// Waits (at most 10 s) until this process holds fewer than 1,000 open files.
@@ -338,6 +374,8 @@ impl Plan {
             channels: 10,
             idle: Duration::from_secs(2),
             cpu_window: Duration::from_secs(if quick { 2 } else { 10 }),
+            file_bytes: if quick { 8 * MIB } else { 256 * MIB },
+            file_reps: if quick { 1 } else { 5 },
         }
     }
 }

@@ -1,5 +1,5 @@
-//! `results.svg`: box plots of the set-up latencies, and bar charts of throughput, DHT
-//! lookups and memory.
+//! `results.svg`: box plots of the set-up latencies, and bar charts of throughput (with the
+//! file transfer through the CLI), DHT lookups and memory.
 
 use std::path::Path;
 
@@ -14,7 +14,7 @@ use crate::rtc::order_word;
 const WIDTH: u32 = 1400;
 const HEIGHT: u32 = 1000;
 const FONT: &str = "sans-serif";
-/// Colours: kadrtc, the relay baseline, TCP, bare WebRTC.
+/// Colours: kadrtc, the relay baseline, TCP, bare WebRTC (and the file transfer).
 const KADRTC: RGBColor = RGBColor(31, 119, 180);
 const RELAY: RGBColor = RGBColor(255, 127, 14);
 const TCP: RGBColor = RGBColor(127, 127, 127);
@@ -200,17 +200,16 @@ impl BoxStats {
     }
 }
 
-/// Median MB/s of each channel configuration and of TCP, log scale, with the 100 MB/s
-/// target.
+/// Median MB/s of each channel configuration, of TCP and of the file sent through the CLI,
+/// log scale, with the 100 MB/s target.
 fn throughput_panel(
     area: &DrawingArea<SVGBackend<'_>, Shift>,
     results: &Results,
 ) -> anyhow::Result<()> {
-    let Some(throughput) = &results.throughput else {
-        return empty(area, "throughput: not measured");
-    };
-    let bars: Vec<Bar> = throughput
+    let mut bars: Vec<Bar> = results
+        .throughput
         .iter()
+        .flatten()
         .map(|t| Bar {
             label: if t.transport == "tcp" {
                 format!("TCP {} KiB", t.message_bytes / 1024)
@@ -221,10 +220,25 @@ fn throughput_panel(
             color: if t.transport == "tcp" { TCP } else { KADRTC },
         })
         .collect();
+    if let Some(files) = &results.files {
+        bars.push(Bar {
+            label: format!("file {} MiB, CLI", files.file_bytes / (1024 * 1024)),
+            value: files.median_mb_per_s,
+            color: BARE,
+        });
+    }
+    if bars.is_empty() {
+        return empty(area, "throughput: not measured");
+    }
+    let caption = if results.files.is_some() {
+        "Throughput: one channel, TCP, a file via kadrtc send/recv; MB/s (log)"
+    } else {
+        "Throughput over one channel vs TCP, MB/s (log)"
+    };
     let top = bars.iter().map(|b| b.value).fold(100.0_f64, f64::max) * 3.0;
     let labels: Vec<String> = bars.iter().map(|b| b.label.clone()).collect();
     let mut chart = ChartBuilder::on(area)
-        .caption("Throughput over one channel vs TCP, MB/s (log)", (FONT, 18))
+        .caption(caption, (FONT, 18))
         .margin(15)
         .x_label_area_size(35)
         .y_label_area_size(55)
@@ -307,35 +321,56 @@ fn dht_panel(area: &DrawingArea<SVGBackend<'_>, Shift>, results: &Results) -> an
     )
 }
 
-/// RSS of the `kadrtc` processes, with the idle node's 15 MiB target.
+/// RSS of the `kadrtc` processes, with the idle node's 15 MiB target, and the peak RSS of
+/// `kadrtc send` and `kadrtc recv` during the file transfer.
 fn memory_panel(
     area: &DrawingArea<SVGBackend<'_>, Shift>,
     results: &Results,
 ) -> anyhow::Result<()> {
-    let Some(resources) = &results.resources else {
-        return empty(area, "memory: not measured");
-    };
-    let mut bars = vec![Bar {
-        label: "idle node".into(),
-        value: resources.node_idle_rss_mib,
-        color: TCP,
-    }];
-    for sample in &resources.joiner_rss_mib {
+    let mut bars = Vec::new();
+    let mut caption = "RSS of kadrtc processes, MiB".to_string();
+    if let Some(resources) = &results.resources {
         bars.push(Bar {
-            label: format!("join, {} ch", sample.channels),
-            value: sample.rss_mib,
-            color: KADRTC,
+            label: "idle node".into(),
+            value: resources.node_idle_rss_mib,
+            color: TCP,
         });
+        for sample in &resources.joiner_rss_mib {
+            bars.push(Bar {
+                label: format!("join, {} ch", sample.channels),
+                value: sample.rss_mib,
+                color: KADRTC,
+            });
+        }
+        caption = format!(
+            "{caption} (join idle CPU with {} ch: {:.2} %)",
+            resources.cpu_channels, resources.joiner_idle_cpu_percent
+        );
+    }
+    if let Some(files) = &results.files {
+        bars.push(Bar {
+            label: "send, peak".into(),
+            value: files.sender_peak_rss_mib,
+            color: BARE,
+        });
+        bars.push(Bar {
+            label: "recv, peak".into(),
+            value: files.receiver_peak_rss_mib,
+            color: BARE,
+        });
+    }
+    if bars.is_empty() {
+        return empty(area, "memory: not measured");
     }
     bar_panel(
         area,
-        &format!(
-            "RSS of kadrtc processes, MiB (join idle CPU with {} ch: {:.2} %)",
-            resources.cpu_channels, resources.joiner_idle_cpu_percent
-        ),
+        &caption,
         "MiB",
         &bars,
-        Some((15.0, "idle node target ≤ 15 MiB")),
+        results
+            .resources
+            .is_some()
+            .then_some((15.0, "idle node target ≤ 15 MiB")),
     )
 }
 
@@ -408,14 +443,15 @@ fn bar_panel(
 }
 
 /// `n` categories on a segmented axis, keyed 0..n (plotters' integer ranges include their
-/// end).
+/// end); at least two, as plotters cannot place a lone category (a single bar, the file
+/// transfer alone, gets an empty neighbour).
 fn segments(
     n: usize,
 ) -> plotters::coord::ranged1d::SegmentedCoord<plotters::coord::types::RangedCoordi32> {
     (0..i32::try_from(n)
         .unwrap_or(i32::MAX)
         .saturating_sub(1)
-        .max(0))
+        .max(1))
         .into_segmented()
 }
 

@@ -1,9 +1,11 @@
 //! Resident memory and idle CPU of the real `kadrtc` binary: an idle `kadrtc node`, and a
 //! `kadrtc join` with 0, 1 and 10 open channels (its peers are in-process `Node`s that
-//! admit only the joiner, so they open no channels among themselves).
+//! admit only the joiner, so they open no channels among themselves). Also how the other
+//! measurements of the binary (`files`) find it, start it and read its JSON lines and
+//! memory.
 
 use std::path::{Path, PathBuf};
-use std::process::Stdio;
+use std::process::{ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, ensure, Context as _};
@@ -19,13 +21,13 @@ use tokio::time::timeout;
 use crate::join;
 
 /// How long a process may take to print its `ready` line.
-const READY_DEADLINE: Duration = Duration::from_secs(20);
+pub const READY_DEADLINE: Duration = Duration::from_secs(20);
 /// How long a channel to the joiner may take to open (a failed attempt is retried).
 const OPEN_DEADLINE: Duration = Duration::from_secs(60);
 /// How long an in-process peer may take to start.
 const BUILD_DEADLINE: Duration = Duration::from_secs(20);
 /// How long a joiner may take to leave and exit once its stdin is closed.
-const EXIT_DEADLINE: Duration = Duration::from_secs(10);
+pub const EXIT_DEADLINE: Duration = Duration::from_secs(10);
 /// How long building the `kadrtc` binary may take (a clean release build is ≈ 10 min here).
 const BUILD_BINARY_DEADLINE: Duration = Duration::from_secs(30 * 60);
 /// JSON lines of one process queued for the benchmark.
@@ -61,8 +63,11 @@ pub struct ChannelsRss {
     pub rss_mib: f64,
 }
 
+/// How often [`follow_peak_rss`] reads a process's VmHWM.
+const PEAK_RSS_INTERVAL: Duration = Duration::from_millis(50);
+
 /// A child process printing JSON lines.
-struct Process {
+pub struct Process {
     child: Child,
     stdin: Option<ChildStdin>,
     lines: mpsc::Receiver<Value>,
@@ -132,7 +137,7 @@ pub async fn kadrtc_binary(explicit: Option<PathBuf>, build: bool) -> anyhow::Re
         if profile == "release" {
             command.arg("--release");
         }
-        eprintln!("building the kadrtc binary ({profile}) for the RSS and CPU figures");
+        eprintln!("building the kadrtc binary ({profile}) for the figures of the kadrtc binary");
         let status = timeout(BUILD_BINARY_DEADLINE, command.status())
             .await
             .context("cargo build of the kadrtc binary took too long")?
@@ -161,10 +166,12 @@ pub async fn measure(
         "node",
         &[
             "node",
+            "--ephemeral",
             "--listen",
             "/ip4/127.0.0.1/tcp/0",
             "--stun-port",
             "0",
+            "--no-mdns",
             "--json",
         ],
         &logs.join("node.stderr"),
@@ -301,7 +308,14 @@ async fn peer(bootstrap: Multiaddr, room: &str, joiner: PeerId) -> anyhow::Resul
 }
 
 impl Process {
-    fn spawn(binary: &Path, name: &'static str, args: &[&str], log: &Path) -> anyhow::Result<Self> {
+    /// Starts `binary` with `args`, stdin piped (and kept open), stdout read as JSON lines,
+    /// stderr to the file `log`; killed when dropped.
+    pub fn spawn(
+        binary: &Path,
+        name: &'static str,
+        args: &[&str],
+        log: &Path,
+    ) -> anyhow::Result<Self> {
         let stderr =
             std::fs::File::create(log).with_context(|| format!("creating {}", log.display()))?;
         let mut child = Command::new(binary)
@@ -337,7 +351,7 @@ impl Process {
         })
     }
 
-    fn pid(&self) -> anyhow::Result<u32> {
+    pub fn pid(&self) -> anyhow::Result<u32> {
         self.child
             .id()
             .with_context(|| format!("the {} process has exited", self.name))
@@ -345,7 +359,7 @@ impl Process {
 
     /// Waits for the next line whose `event` is `event`, skipping others (and reporting
     /// error events on stderr).
-    async fn wait_for(&mut self, event: &str, deadline: Duration) -> anyhow::Result<Value> {
+    pub async fn wait_for(&mut self, event: &str, deadline: Duration) -> anyhow::Result<Value> {
         let found = timeout(deadline, async {
             while let Some(line) = self.lines.recv().await {
                 match line["event"].as_str() {
@@ -373,24 +387,71 @@ impl Process {
     }
 
     /// Closes stdin (a joiner leaves its room and exits), waits a little, then kills.
-    async fn finish(mut self) {
+    pub async fn finish(mut self) {
         drop(self.stdin.take());
         if timeout(EXIT_DEADLINE, self.child.wait()).await.is_err() {
             let _ = self.child.kill().await;
         }
     }
+
+    /// Kills the process (a `kadrtc node` does not stop when its stdin closes) and reaps it.
+    pub async fn kill(mut self) {
+        let _ = self.child.kill().await;
+    }
+
+    /// Waits for the process to exit on its own (stdin stays open); kills it and fails
+    /// after `deadline`.
+    pub async fn wait_exit(&mut self, deadline: Duration) -> anyhow::Result<ExitStatus> {
+        match timeout(deadline, self.child.wait()).await {
+            Ok(status) => status.with_context(|| format!("waiting for the {} process", self.name)),
+            Err(_) => {
+                let _ = self.child.kill().await;
+                bail!(
+                    "the {} process did not exit within {deadline:?} (see {})",
+                    self.name,
+                    self.log.display()
+                )
+            }
+        }
+    }
+
+    /// The file its stderr goes to.
+    pub fn log(&self) -> &Path {
+        &self.log
+    }
+}
+
+/// Follows the peak resident memory (VmHWM) of a running process: reads it every 50 ms
+/// until the process is gone (or a zombie, which has no memory lines), then resolves to the
+/// last reading, MiB (`None` if there was none). Growth in the last 50 ms before the exit is
+/// missed; a PID reused within those 50 ms would be read too (Linux hands out PIDs in
+/// sequence, so that takes a wrap-around).
+pub fn follow_peak_rss(pid: u32) -> JoinHandle<Option<f64>> {
+    tokio::spawn(async move {
+        let mut peak = None;
+        while let Ok(mib) = status_mib(pid, "VmHWM") {
+            peak = Some(mib);
+            tokio::time::sleep(PEAK_RSS_INTERVAL).await;
+        }
+        peak
+    })
 }
 
 /// VmRSS of a process, MiB.
 fn rss_mib(pid: u32) -> anyhow::Result<f64> {
+    status_mib(pid, "VmRSS")
+}
+
+/// A memory line of `/proc/PID/status` (`VmRSS`, `VmHWM`, …: kB), MiB.
+fn status_mib(pid: u32, field: &str) -> anyhow::Result<f64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status"))
         .with_context(|| format!("reading /proc/{pid}/status"))?;
     let kib: f64 = status
         .lines()
-        .find_map(|line| line.strip_prefix("VmRSS:"))
+        .find_map(|line| line.strip_prefix(field)?.strip_prefix(':'))
         .and_then(|rest| rest.split_whitespace().next())
         .and_then(|n| n.parse().ok())
-        .context("no VmRSS line")?;
+        .with_context(|| format!("no {field} line"))?;
     Ok(kib / 1024.0)
 }
 
@@ -445,6 +506,7 @@ mod tests {
     fn own_rss_and_cpu_are_readable() {
         let pid = std::process::id();
         assert!(rss_mib(pid).expect("own VmRSS") > 0.0);
+        assert!(status_mib(pid, "VmHWM").expect("own VmHWM") > 0.0);
         cpu_ticks(pid).expect("own CPU ticks");
     }
 }

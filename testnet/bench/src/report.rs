@@ -4,6 +4,7 @@
 use serde::Serialize;
 
 use crate::dht::DhtResult;
+use crate::files::FilesResult;
 use crate::join::JoinResult;
 use crate::procs::ResourceResult;
 use crate::rtc::{order_word, Throughput};
@@ -52,6 +53,8 @@ pub struct Results {
     pub dht: Vec<DhtResult>,
     /// RSS and CPU of the `kadrtc` binary.
     pub resources: Option<ResourceResult>,
+    /// A file sent from `kadrtc send` to `kadrtc recv`.
+    pub files: Option<FilesResult>,
     /// The printed table.
     pub table: Vec<Row>,
     /// Measurements that could not run, with why.
@@ -259,6 +262,45 @@ impl Results {
                 ),
                 "≤ 2 %",
                 Some(r.joiner_idle_cpu_percent <= 2.0),
+            ));
+        }
+        if let Some(f) = &self.files {
+            rows.push(row(
+                &format!(
+                    "file transfer, kadrtc send → recv CLI, {} MiB",
+                    f.file_bytes / (1024 * 1024)
+                ),
+                format!(
+                    "{:.1} MB/s median (min {:.1}, max {:.1}; {} run{}) = {:.1} MiB/s (min {:.1}, max {:.1})",
+                    f.median_mb_per_s,
+                    f.min_mb_per_s,
+                    f.max_mb_per_s,
+                    f.runs.len(),
+                    if f.runs.len() == 1 { "" } else { "s" },
+                    f.median_mib_per_s,
+                    f.min_mib_per_s,
+                    f.max_mib_per_s,
+                ),
+                "—",
+                None,
+            ));
+            rows.push(row(
+                "  transfer / whole kadrtc send process (medians)",
+                format!(
+                    "{:.2} s / {:.2} s",
+                    f.median_transfer_s, f.median_send_wall_s
+                ),
+                "—",
+                None,
+            ));
+            rows.push(row(
+                "  peak RSS, kadrtc send / kadrtc recv",
+                format!(
+                    "{:.1} / {:.1} MiB",
+                    f.sender_peak_rss_mib, f.receiver_peak_rss_mib
+                ),
+                "—",
+                None,
             ));
         }
         for error in &self.errors {
