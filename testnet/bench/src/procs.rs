@@ -262,7 +262,8 @@ pub async fn measure(
         let _ = timeout(EXIT_DEADLINE, peer.task).await;
     }
     joiner.finish().await;
-    node.finish().await;
+    // A node does not stop when its stdin closes.
+    node.kill().await;
     let (joiner_idle_cpu_percent, node_cpu_percent, cpu_channels) = result?;
     Ok(ResourceResult {
         node_idle_rss_mib,
