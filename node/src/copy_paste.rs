@@ -7,52 +7,28 @@
 //! peer. Once the data channel is open, stdin lines are sent as text messages and received
 //! messages are printed, as with `kadrtc join`; there are no PeerIds here, so events name
 //! the other side `peer_id: null`.
+//!
+//! The connection is the library's [`kadrtc::manual::ManualConnection`]; this module reads
+//! stdin and prints.
 
 use std::io::Write as _;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use anyhow::Context as _;
-use kadrtc_rtc::{
-    CandidatePair, Channel, IceServer, PeerConnection, RtcConfig, RtcEvent,
-    ICE_DISCONNECTED_TIMEOUT,
+use kadrtc::manual::{
+    Description, DescriptionKind, ManualConfig, ManualConnection, ManualEvent, ANSWER_CARRY_TIMEOUT,
 };
-use serde_json::{json, Value};
+use kadrtc::{CandidatePair, IceServer};
+use serde_json::json;
 use tokio::io::{AsyncBufRead, AsyncBufReadExt as _, BufReader};
-use tokio::sync::mpsc;
 
 use crate::output::Output;
 use crate::{shutdown_signal, OfferArgs};
 
-/// How long gathering may take before the description is printed with the candidates
-/// gathered so far. Host candidates take milliseconds; a STUN server that does not answer is
-/// what this bounds.
-pub const GATHERING_TIMEOUT: Duration = Duration::from_secs(10);
-
-/// How long the data channel may take to open once `kadrtc offer` has both descriptions,
-/// before the command gives up.
-pub const OPEN_TIMEOUT: Duration = Duration::from_secs(30);
-
-/// How long `kadrtc answer` waits for the channel after printing its answer: the time a
-/// person has to carry the answer to the offer side. ICE keeps checking as long
-/// ([`kadrtc_rtc::RtcConfig::ice_failed_timeout`]).
-pub const ANSWER_CARRY_TIMEOUT: Duration = Duration::from_secs(300);
-
 /// Longest stdin line read, in bytes: a description line (a browser's offer with many
-/// candidates is a few KiB) or a message (at most [`kadrtc_rtc::MAX_MESSAGE_SIZE`]). A longer
-/// line is skipped whole.
+/// candidates is a few KiB) or a message (at most [`kadrtc::manual::MAX_MESSAGE_SIZE`]). A
+/// longer line is skipped whole.
 pub const MAX_LINE_BYTES: usize = 256 * 1024;
-
-/// Connection events waiting to be handled.
-const EVENT_QUEUE: usize = 64;
-
-/// Which side of the exchange this command plays.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Role {
-    /// Prints the offer first, then reads the answer.
-    Offer,
-    /// Reads the offer first, then prints the answer.
-    Answer,
-}
 
 /// One stdin line, or a line over the limit (its text dropped).
 #[derive(Debug, PartialEq, Eq)]
@@ -70,14 +46,8 @@ struct LineReader<R> {
     too_long: bool,
 }
 
-/// One copy-paste session: the connection, its events, stdin and stdout.
+/// One copy-paste session: stdin and stdout around the connection.
 struct Session<'a> {
-    pc: PeerConnection,
-    events: mpsc::Receiver<((), RtcEvent)>,
-    /// Events that arrived while gathering or waiting for the remote's line, handled first
-    /// by the chat loop. A few at most: before both descriptions are set, only ICE state
-    /// changes can happen (no channel, so no message).
-    early: Vec<RtcEvent>,
     stdin: LineReader<BufReader<tokio::io::Stdin>>,
     printer: Printer,
     out: &'a Output,
@@ -97,30 +67,12 @@ enum Flow {
 
 /// `kadrtc offer`: print the offer line, read the answer line, chat.
 pub async fn run_offer(args: OfferArgs, out: &Output) -> anyhow::Result<()> {
-    run(args, out, Role::Offer).await
+    run(args, out, DescriptionKind::Offer).await
 }
 
 /// `kadrtc answer`: read the offer line, print the answer line, chat.
 pub async fn run_answer(args: OfferArgs, out: &Output) -> anyhow::Result<()> {
-    run(args, out, Role::Answer).await
-}
-
-impl Role {
-    /// The `type` of the description this side prints.
-    fn local_type(self) -> &'static str {
-        match self {
-            Self::Offer => "offer",
-            Self::Answer => "answer",
-        }
-    }
-
-    /// The `type` of the description this side reads.
-    fn remote_type(self) -> &'static str {
-        match self {
-            Self::Offer => "answer",
-            Self::Answer => "offer",
-        }
-    }
+    run(args, out, DescriptionKind::Answer).await
 }
 
 impl<R: AsyncBufRead + Unpin> LineReader<R> {
@@ -176,91 +128,64 @@ impl<R: AsyncBufRead + Unpin> LineReader<R> {
 }
 
 impl Session<'_> {
-    /// Swaps descriptions in `role`'s order, then chats until stdin ends or the remote leaves.
-    async fn run(&mut self, role: Role) -> anyhow::Result<()> {
-        match role {
-            Role::Offer => {
-                self.pc
-                    .create_offer()
-                    .await
-                    .context("cannot create the offer")?;
-                let sdp = self.gathered_description().await?;
-                print_line(&description_line(role.local_type(), &sdp));
+    /// Swaps descriptions, this side printing one of kind `role`, then chats until stdin ends
+    /// or the remote leaves. The connection goes into `slot` as soon as it exists, for the
+    /// caller to close.
+    async fn run(
+        &mut self,
+        role: DescriptionKind,
+        config: &ManualConfig,
+        slot: &mut Option<ManualConnection>,
+    ) -> anyhow::Result<()> {
+        let connection = match role {
+            DescriptionKind::Offer => {
+                let (connection, offer) = ManualConnection::offer(config).await?;
+                let connection = slot.insert(connection);
+                print_line(&offer.to_line());
                 self.printer.hint(
                     "give the line above to the other side (`kadrtc answer`, or a browser tab: \
                      see README.md), then paste its answer line here and press Enter",
                 );
-                let answer = self.read_description(role.remote_type()).await?;
-                self.pc
-                    .apply_answer(answer, &[])
-                    .await
-                    .context("cannot apply the answer (was it made for this offer?)")?;
+                let answer = self
+                    .read_description(DescriptionKind::Answer, Some(&mut *connection))
+                    .await?;
+                connection.accept_answer(&answer).await?;
+                connection
             }
-            Role::Answer => {
+            DescriptionKind::Answer => {
                 self.printer.hint(
                     "paste the offer line from the other side (`kadrtc offer`, or a browser \
                      tab) and press Enter",
                 );
-                let offer = self.read_description(role.remote_type()).await?;
-                self.pc
-                    .accept_offer(offer, &[])
-                    .await
-                    .context("cannot accept the offer")?;
-                let sdp = self.gathered_description().await?;
-                print_line(&description_line(role.local_type(), &sdp));
+                let offer = self.read_description(DescriptionKind::Offer, None).await?;
+                let (connection, answer) = ManualConnection::answer(config, &offer).await?;
+                let connection = slot.insert(connection);
+                print_line(&answer.to_line());
                 self.printer.hint(&format!(
                     "give the line above to the offer side now: the channel opens once it \
                      applies it, and connecting gives up after about {} s",
-                    (ICE_DISCONNECTED_TIMEOUT + ANSWER_CARRY_TIMEOUT).as_secs()
+                    ANSWER_CARRY_TIMEOUT.as_secs()
                 ));
+                connection
             }
-        }
-        self.chat(role, Instant::now()).await
+        };
+        self.chat(connection).await
     }
 
-    /// Waits until gathering completes (at most [`GATHERING_TIMEOUT`]) and returns the local
-    /// description's SDP. webrtc-rs adds every candidate gathered so far to the description
-    /// it returns (a candidate line for ICE components 1 and 2 each, the second ignored by
-    /// peers that multiplex RTCP), and `a=end-of-candidates` once gathering completed.
-    async fn gathered_description(&mut self) -> anyhow::Result<String> {
-        let deadline = tokio::time::Instant::now() + GATHERING_TIMEOUT;
-        let mut candidates = 0usize;
+    /// Reads the first non-empty stdin line and parses it as the remote's description (of
+    /// type `kind`, which the connection checks); watches `connection`, if any, meanwhile.
+    async fn read_description(
+        &mut self,
+        kind: DescriptionKind,
+        mut connection: Option<&mut ManualConnection>,
+    ) -> anyhow::Result<Description> {
         loop {
-            match tokio::time::timeout_at(deadline, self.events.recv()).await {
-                Err(_) => {
-                    tracing::warn!(
-                        candidates,
-                        "ICE gathering did not complete within {GATHERING_TIMEOUT:?}; \
-                         using the candidates gathered so far"
-                    );
-                    break;
+            let event = async {
+                match connection.as_deref_mut() {
+                    Some(connection) => connection.next_event().await,
+                    None => std::future::pending().await,
                 }
-                Ok(None) => anyhow::bail!("the WebRTC connection stopped while gathering"),
-                Ok(Some(((), event))) => match event {
-                    RtcEvent::LocalCandidate(_) => candidates += 1,
-                    RtcEvent::GatheringComplete => break,
-                    RtcEvent::Failed(reason) => {
-                        anyhow::bail!("the WebRTC connection failed while gathering: {reason}")
-                    }
-                    other => self.early.push(other),
-                },
-            }
-        }
-        anyhow::ensure!(
-            candidates > 0,
-            "no ICE candidate was gathered: the other side would have no address to reach \
-             (check --bind)"
-        );
-        self.pc
-            .local_description()
-            .await
-            .context("cannot read the local description")
-    }
-
-    /// Reads the first non-empty stdin line and parses it as the remote's description of
-    /// type `kind`; handles connection events meanwhile.
-    async fn read_description(&mut self, kind: &str) -> anyhow::Result<String> {
-        loop {
+            };
             tokio::select! {
                 line = self.stdin.next_line() => match line.context("cannot read stdin")? {
                     None => anyhow::bail!("stdin ended before the {kind} line"),
@@ -268,41 +193,28 @@ impl Session<'_> {
                         "the {kind} line is longer than {MAX_LINE_BYTES} bytes"
                     ),
                     Some(Line::Text(text)) if text.trim().is_empty() => {}
-                    Some(Line::Text(text)) => return parse_description(kind, &text),
+                    Some(Line::Text(text)) => return Ok(Description::parse_line(&text)?),
                 },
-                event = self.events.recv() => match event {
-                    None => anyhow::bail!("the WebRTC connection stopped"),
-                    Some(((), RtcEvent::Failed(reason))) => {
-                        anyhow::bail!("the WebRTC connection failed: {reason}")
+                event = event => match event {
+                    Some(ManualEvent::Failed(reason)) => anyhow::bail!("{reason}"),
+                    None | Some(ManualEvent::Closed) => {
+                        anyhow::bail!("the WebRTC connection stopped")
                     }
-                    Some(((), RtcEvent::LocalCandidate(candidate))) => {
-                        tracing::debug!(%candidate, "candidate gathered after the description was printed; not signaled");
-                    }
-                    Some(((), other)) => self.early.push(other),
+                    // Nothing opens before the remote's description is set.
+                    Some(other) => tracing::debug!(?other, "event before the {kind} line"),
                 },
             }
         }
     }
 
     /// The chat: stdin lines out, messages and events in, until stdin ends or the remote
-    /// leaves. `since` is when both descriptions were set.
-    async fn chat(&mut self, role: Role, since: Instant) -> anyhow::Result<()> {
-        let mut channel: Option<Channel> = None;
-        for event in std::mem::take(&mut self.early) {
-            if self.handle(event, &mut channel, role, since).await? == Flow::Stop {
-                return Ok(());
-            }
-        }
-        let open_timeout = match role {
-            Role::Offer => OPEN_TIMEOUT,
-            Role::Answer => ANSWER_CARRY_TIMEOUT,
-        };
-        let open_deadline = tokio::time::sleep(open_timeout);
-        tokio::pin!(open_deadline);
+    /// leaves.
+    async fn chat(&mut self, connection: &mut ManualConnection) -> anyhow::Result<()> {
+        let mut open = false;
         loop {
             tokio::select! {
                 line = self.stdin.next_line() => match line {
-                    Ok(Some(Line::Text(text))) => self.send(channel.as_ref(), &text).await,
+                    Ok(Some(Line::Text(text))) => self.send(connection, &text).await,
                     Ok(Some(Line::TooLong)) => self.out.error(&format!(
                         "a line longer than {MAX_LINE_BYTES} bytes was not sent"
                     )),
@@ -312,79 +224,44 @@ impl Session<'_> {
                         return Ok(());
                     }
                 },
-                event = self.events.recv() => {
-                    let Some(((), event)) = event else { return Ok(()) };
-                    if self.handle(event, &mut channel, role, since).await? == Flow::Stop {
+                event = connection.next_event() => {
+                    let Some(event) = event else { return Ok(()) };
+                    if self.handle(event, &mut open)? == Flow::Stop {
                         return Ok(());
                     }
                 }
-                () = &mut open_deadline, if channel.is_none() => anyhow::bail!(
-                    "the data channel did not open within {} s of both descriptions being set",
-                    open_timeout.as_secs()
-                ),
             }
         }
     }
 
-    async fn handle(
-        &mut self,
-        event: RtcEvent,
-        channel: &mut Option<Channel>,
-        role: Role,
-        since: Instant,
-    ) -> anyhow::Result<Flow> {
+    fn handle(&self, event: ManualEvent, open: &mut bool) -> anyhow::Result<Flow> {
         match event {
-            RtcEvent::ChannelOpen(open) => {
-                if channel.is_none() {
-                    *channel = Some(open);
-                    let pair = self.pc.selected_candidate_pair().await;
-                    self.printer.channel_open(since.elapsed(), pair);
-                }
+            ManualEvent::ChannelOpen {
+                elapsed,
+                candidate_pair,
+            } => {
+                *open = true;
+                self.printer.channel_open(elapsed, candidate_pair);
             }
-            RtcEvent::Message(data) => self.printer.message(&data),
-            RtcEvent::ChannelClosed | RtcEvent::Failed(_) if channel.is_some() => {
+            ManualEvent::Message(data) => self.printer.message(&data),
+            ManualEvent::Closed | ManualEvent::Failed(_) if *open => {
                 self.printer.peer_left();
                 return Ok(Flow::Stop);
             }
-            RtcEvent::ChannelClosed => {
+            ManualEvent::Closed => {
                 anyhow::bail!("the remote closed the data channel before it opened")
             }
-            RtcEvent::Failed(reason) => {
-                let hint = match role {
-                    Role::Offer => "ICE found no working path between the two sides' candidates \
-                                    (check --bind on both sides)"
-                        .to_string(),
-                    Role::Answer => format!(
-                        "ICE found no working path between the two sides' candidates (check \
-                         --bind on both sides), or the offer side did not apply this answer \
-                         within {} s",
-                        (ICE_DISCONNECTED_TIMEOUT + ANSWER_CARRY_TIMEOUT).as_secs()
-                    ),
-                };
-                anyhow::bail!(
-                    "the connection failed before the data channel opened ({reason}): {hint}"
-                )
-            }
-            RtcEvent::IceConnected => tracing::debug!("ICE connected"),
-            RtcEvent::LocalCandidate(candidate) => {
-                tracing::debug!(%candidate, "candidate gathered after the description was printed; not signaled");
-            }
-            RtcEvent::SideChannelOpen(side) => {
-                tracing::debug!(label = side.label(), "side channel from the remote closed");
-            }
+            // Says what failed and what to check (the bind addresses: --bind).
+            ManualEvent::Failed(reason) => anyhow::bail!("{reason}"),
             other => tracing::debug!(?other, "event ignored"),
         }
         Ok(Flow::Continue)
     }
 
     /// Sends one stdin line as a text message (a string in a browser's `onmessage`).
-    async fn send(&self, channel: Option<&Channel>, text: &str) {
-        let Some(channel) = channel else {
-            self.out.error("no open channel yet; message not sent");
-            return;
-        };
-        if let Err(error) = channel.send_text(text).await {
-            self.out.error(&format!("message not sent: {error}"));
+    async fn send(&self, connection: &ManualConnection, text: &str) {
+        if let Err(error) = connection.send_text(text).await {
+            self.out.error(&format!("{:#}", anyhow::Error::new(error)));
         }
     }
 }
@@ -443,80 +320,27 @@ impl Printer {
     }
 }
 
-async fn run(args: OfferArgs, out: &Output, role: Role) -> anyhow::Result<()> {
-    let defaults = RtcConfig::all_interfaces();
-    let config = RtcConfig {
-        bind_ips: if args.bind.is_empty() {
-            defaults.bind_ips.clone()
-        } else {
-            args.bind.clone()
-        },
-        ice_servers: args.stun.iter().cloned().map(IceServer::url).collect(),
-        // A browser or aiortc names its channel as it likes; kadrtc's offer says "kadrtc".
-        any_remote_label: role == Role::Answer,
-        // ICE on the answer side starts before the offer side has the answer.
-        ice_failed_timeout: ANSWER_CARRY_TIMEOUT,
-        ..defaults
-    };
-    let (events_tx, events) = mpsc::channel(EVENT_QUEUE);
-    let pc = PeerConnection::new(&config, (), events_tx)
-        .await
-        .context("cannot set up the WebRTC connection (check the --bind addresses)")?;
+async fn run(args: OfferArgs, out: &Output, role: DescriptionKind) -> anyhow::Result<()> {
+    let mut config = ManualConfig::default();
+    if !args.bind.is_empty() {
+        config.bind_ips = args.bind;
+    }
+    config.ice_servers = args.stun.into_iter().map(IceServer::url).collect();
     let mut session = Session {
-        pc: pc.clone(),
-        events,
-        early: Vec::new(),
         stdin: LineReader::new(BufReader::new(tokio::io::stdin()), MAX_LINE_BYTES),
         printer: Printer { json: args.json },
         out,
     };
+    let mut connection = None;
     // Ctrl-C or SIGTERM ends any phase cleanly.
     let result = tokio::select! {
-        result = session.run(role) => result,
+        result = session.run(role, &config, &mut connection) => result,
         result = shutdown_signal() => result,
     };
-    pc.close().await;
-    result
-}
-
-/// The one-line JSON form of a description, `{"type":"offer","sdp":"v=0\r\n…"}`, with the keys
-/// in the browser's order.
-fn description_line(kind: &str, sdp: &str) -> String {
-    format!(
-        "{{\"type\":{},\"sdp\":{}}}",
-        Value::from(kind),
-        Value::from(sdp)
-    )
-}
-
-/// Parses a pasted description line of type `kind` (`{"type":"answer","sdp":"…"}`, other keys
-/// ignored) and checks its SDP with webrtc-rs's parser; returns the SDP.
-fn parse_description(kind: &str, line: &str) -> anyhow::Result<String> {
-    let shape = format!("{{\"type\":\"{kind}\",\"sdp\":\"…\"}}");
-    let value: Value = serde_json::from_str(line.trim()).with_context(|| {
-        format!("the {kind} line is not JSON; paste the whole line the other side printed, {shape}")
-    })?;
-    let Value::Object(fields) = value else {
-        anyhow::bail!("the {kind} line is not a JSON object; expected {shape}");
-    };
-    match fields.get("type") {
-        Some(Value::String(t)) if t == kind => {}
-        Some(Value::String(t)) if t == "offer" || t == "answer" => anyhow::bail!(
-            "expected an {kind} but this line is an {t} (each side pastes the other side's line: \
-             an offer goes to `kadrtc answer`, an answer to `kadrtc offer`)"
-        ),
-        Some(other) => anyhow::bail!("the {kind} line has type {other}; expected {shape}"),
-        None => anyhow::bail!("the {kind} line has no \"type\"; expected {shape}"),
+    if let Some(connection) = connection {
+        connection.close().await;
     }
-    let sdp = match fields.get("sdp") {
-        Some(Value::String(sdp)) if !sdp.trim().is_empty() => sdp.clone(),
-        Some(Value::String(_)) => anyhow::bail!("the {kind} line's \"sdp\" is empty"),
-        Some(_) => anyhow::bail!("the {kind} line's \"sdp\" is not a string; expected {shape}"),
-        None => anyhow::bail!("the {kind} line has no \"sdp\"; expected {shape}"),
-    };
-    kadrtc_rtc::check_remote_description(&sdp, &[])
-        .with_context(|| format!("the {kind} line's SDP is not valid"))?;
-    Ok(sdp)
+    result
 }
 
 /// Writes one line to stdout and flushes it, so that a pipe's reader sees it at once.
@@ -530,43 +354,6 @@ fn print_line(text: &str) {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    const SDP: &str = "v=0\r\no=- 1 1 IN IP4 0.0.0.0\r\ns=-\r\nt=0 0\r\nm=application 9 UDP/DTLS/SCTP webrtc-datachannel\r\na=mid:0\r\n";
-
-    fn error(kind: &str, line: &str) -> String {
-        format!("{:#}", parse_description(kind, line).unwrap_err())
-    }
-
-    #[test]
-    fn description_lines_round_trip_with_surrounding_whitespace() {
-        let line = description_line("answer", SDP);
-        assert!(
-            line.starts_with(r#"{"type":"answer","sdp":"v=0\r\n"#),
-            "{line}"
-        );
-        assert!(!line.contains('\n'), "one line: {line}");
-        assert_eq!(
-            parse_description("answer", &format!("  {line}\r\n")).unwrap(),
-            SDP
-        );
-        let extra = format!(r#"{{"sdp":{},"type":"offer","extra":1}}"#, Value::from(SDP));
-        assert_eq!(parse_description("offer", &extra).unwrap(), SDP);
-    }
-
-    #[test]
-    fn bad_description_lines_give_clear_errors() {
-        assert!(error("answer", "hello").contains("not JSON"));
-        assert!(error("answer", "[1]").contains("not a JSON object"));
-        let offer = description_line("offer", SDP);
-        assert!(error("answer", &offer).contains("this line is an offer"));
-        assert!(error("answer", r#"{"type":"pranswer","sdp":"v=0"}"#).contains("type \"pranswer\""));
-        assert!(error("answer", r#"{"sdp":"v=0"}"#).contains("no \"type\""));
-        assert!(error("answer", r#"{"type":"answer"}"#).contains("no \"sdp\""));
-        assert!(error("answer", r#"{"type":"answer","sdp":" "}"#).contains("is empty"));
-        assert!(error("answer", r#"{"type":"answer","sdp":5}"#).contains("not a string"));
-        let garbage = error("answer", r#"{"type":"answer","sdp":"not sdp"}"#);
-        assert!(garbage.contains("SDP is not valid"), "{garbage}");
-    }
 
     #[tokio::test]
     async fn lines_are_bounded_and_keep_no_line_endings() {

@@ -47,6 +47,8 @@
 //!   The member with the smaller `PeerId` offers. Once the channel opens, each side proves
 //!   over it that it holds the key its envelopes named, and only then is the channel
 //!   reported open.
+//! - Without a DHT, [`manual::ManualConnection`] sets up one data channel from two lines a
+//!   person carries (copy-paste signaling, in the browser's `RTCSessionDescriptionInit` shape).
 //!
 //! # The event model
 //!
@@ -143,6 +145,7 @@ pub mod file;
 mod ice;
 mod identity;
 mod link;
+pub mod manual;
 mod node;
 mod room;
 
