@@ -229,6 +229,11 @@ fn chat_example_prints_what_members_send_and_sends_its_stdin_lines() {
         line.starts_with(&format!("* connected to {join_id}"))
             .then_some(())
     });
+    // Both ends must have the channel open: each reports it once the other's proof arrived.
+    join.wait_for("the joiner's channel", |line| {
+        let event = json(line)?;
+        (event["event"] == "channel_open").then_some(())
+    });
     join.say("hi from join");
     chat.wait_for("the joiner's line", |line| {
         (line == format!("<{join_id}> hi from join")).then_some(())

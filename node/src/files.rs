@@ -42,22 +42,36 @@ pub async fn run_send(mut args: SendArgs, out: &Output) -> anyhow::Result<()> {
     let shutdown = shutdown_signal();
     tokio::pin!(shutdown);
     let mut refused: Vec<PeerId> = Vec::new();
+    let wanted = |peer: &PeerId, refused: &[PeerId]| {
+        args.to.is_none_or(|to| to == *peer) && !refused.contains(peer)
+    };
     let result = loop {
-        let peer = tokio::select! {
-            event = room.next_event() => match event {
-                Some(event) => {
-                    out.room_event(&event);
-                    match event {
-                        RoomEvent::ChannelOpen { peer, .. }
-                            if args.to.is_none_or(|to| to == peer) && !refused.contains(&peer) => peer,
-                        _ => continue,
+        // A member whose channel opened while another was refusing is tried first.
+        let connected = room
+            .connected_peers()
+            .into_iter()
+            .find(|peer| wanted(peer, &refused));
+        let peer = if let Some(peer) = connected {
+            peer
+        } else {
+            tokio::select! {
+                event = room.next_event() => match event {
+                    Some(RoomEvent::ChannelOpen { peer, elapsed, candidate_pair })
+                        if wanted(&peer, &refused) =>
+                    {
+                        out.room_event(&RoomEvent::ChannelOpen { peer, elapsed, candidate_pair });
+                        peer
                     }
+                    Some(event) => {
+                        show_or_refuse(out, event).await;
+                        continue;
+                    }
+                    None => break Err(anyhow::anyhow!("the room closed")),
+                },
+                result = &mut shutdown => {
+                    result?;
+                    break Err(anyhow::anyhow!("interrupted before any file was sent"));
                 }
-                None => break Err(anyhow::anyhow!("the room closed")),
-            },
-            result = &mut shutdown => {
-                result?;
-                break Err(anyhow::anyhow!("interrupted before any file was sent"));
             }
         };
         match send_all(&mut room, peer, &args.files, &progress, &mut shutdown).await {
@@ -78,6 +92,15 @@ pub async fn run_send(mut args: SendArgs, out: &Output) -> anyhow::Result<()> {
     };
     room.leave().await;
     result
+}
+
+/// Shows a room event; a file offered to a sender is refused as `kadrtc join` does, so that
+/// the other side tries another member.
+async fn show_or_refuse(out: &Output, event: RoomEvent) {
+    match event {
+        RoomEvent::IncomingFile(offer) => offer.reject(NOT_RECEIVING).await,
+        event => out.room_event(&event),
+    }
 }
 
 enum SendFailure {
@@ -111,7 +134,7 @@ async fn send_all(
                 outcome = &mut finishing => break outcome,
                 () = view.tick() => {}
                 event = room.next_event() => match event {
-                    Some(event) => progress.out.room_event(&event),
+                    Some(event) => show_or_refuse(progress.out, event).await,
                     None => return Err(SendFailure::Other(anyhow::anyhow!("the room closed"))),
                 },
                 result = shutdown.as_mut() => {
@@ -176,6 +199,9 @@ pub async fn run_recv(mut args: RecvArgs, out: &Output) -> anyhow::Result<()> {
                         }
                         Err(error) => {
                             failures += 1;
+                            // With --once, this sender's departure still ends the run.
+                            senders.retain(|p| *p != peer);
+                            senders.push(peer);
                             progress.out.error(&format!("refused {name} from {peer}: {error}"));
                         }
                     }

@@ -86,9 +86,11 @@ pub fn load_or_create(path: &Path) -> anyhow::Result<Loaded> {
     }
 }
 
-/// The lock file of the identity in `path`: `path` with `.lock` appended.
+/// The lock file of the identity in `path`: the key's real path (symbolic links resolved, so
+/// that two names of one key share one lock) with `.lock` appended.
 fn lock_path(path: &Path) -> PathBuf {
-    let mut name = path.as_os_str().to_owned();
+    let real = std::fs::canonicalize(path).unwrap_or_else(|_| path.to_path_buf());
+    let mut name = real.into_os_string();
     name.push(".lock");
     PathBuf::from(name)
 }
@@ -136,7 +138,7 @@ fn lock_for_process(path: &Path) -> anyhow::Result<()> {
                 pid => format!("another kadrtc process (pid {pid})"),
             };
             anyhow::bail!(
-                "identity {} is in use by {holder}; give another --identity FILE, or --ephemeral (kadrtc node) for a fresh identity",
+                "identity {} is in use by {holder}; give another --identity FILE, or none (join, send, recv) or --ephemeral (node) for a fresh identity",
                 path.display()
             );
         }

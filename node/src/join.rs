@@ -87,7 +87,7 @@ pub async fn run_join(mut args: JoinArgs, out: &Output) -> anyhow::Result<()> {
             },
             event = room.next_event() => match event {
                 Some(RoomEvent::IncomingFile(offer)) => {
-                    out.note(&format!("{} offered {}; refused (receive files with kadrtc recv)", offer.peer(), offer.name()));
+                    out.file_refused(offer.peer(), offer.name(), crate::files::NOT_RECEIVING);
                     offer.reject(crate::files::NOT_RECEIVING).await;
                 }
                 Some(event) => out.room_event(&event),

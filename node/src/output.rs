@@ -160,6 +160,20 @@ impl Output {
         }
     }
 
+    /// A file offered to a command that does not take files.
+    pub fn file_refused(&self, peer: PeerId, name: &str, reason: &str) {
+        if self.json {
+            self.line(json!({
+                "event": "file_refused",
+                "peer_id": peer.to_string(),
+                "file": name,
+                "reason": reason,
+            }));
+        } else {
+            self.text(&format!("* {peer} offered {name}; refused: {reason}"));
+        }
+    }
+
     /// The answer to `/peers`.
     pub fn peers(&self, peers: &[PeerInfo]) {
         if self.json {

@@ -109,7 +109,13 @@ fn an_existing_file_is_not_overwritten_and_send_exits_non_zero() {
     std::fs::create_dir_all(&out).unwrap();
     std::fs::write(out.join("report.txt"), b"old text").unwrap();
 
-    let mut recv = files_proc("recv", "recv", &room, &addrs[0], &["--out", path_str(&out)]);
+    let mut recv = files_proc(
+        "recv",
+        "recv",
+        &room,
+        &addrs[0],
+        &["--out", path_str(&out), "--once"],
+    );
     recv.ready();
     let mut send = files_proc("send", "send", &room, &addrs[0], &[path_str(&source)]);
     let status = send.wait_exit("the refusal");
@@ -123,6 +129,45 @@ fn an_existing_file_is_not_overwritten_and_send_exits_non_zero() {
         e["event"] == "error" && e["message"].as_str().unwrap().contains("exists")
     });
     assert_eq!(std::fs::read(out.join("report.txt")).unwrap(), b"old text");
+    // --once: the one transfer ended (refused) and its sender left, so recv ends too, and
+    // not with success.
+    let status = recv.wait_exit("the sender of the refused file left");
+    assert!(!status.success());
+}
+
+#[test]
+fn send_passes_over_a_member_that_does_not_receive_files_and_finds_the_receiver() {
+    let (_nodes, addrs) = network(1);
+    let room = room_name("pass-over");
+    let dir = scratch("pass-over");
+    let source = dir.join("for-recv.txt");
+    std::fs::write(&source, b"only recv gets this").unwrap();
+    let out = dir.join("out");
+    // At first the only other member is a chat, which refuses the file.
+    let mut chat = Proc::join("chat", &room, &addrs[0]);
+    chat.ready();
+    let mut send = files_proc("send", "send", &room, &addrs[0], &[path_str(&source)]);
+    let (send_id, _) = send.ready();
+    let refused = chat.wait_event("file_refused");
+    assert_eq!(refused["peer_id"], send_id.as_str());
+    assert_eq!(refused["file"], "for-recv.txt");
+    // Then a receiver comes: send goes on to it by itself.
+    let mut recv = files_proc(
+        "recv",
+        "recv",
+        &room,
+        &addrs[0],
+        &["--out", path_str(&out), "--once"],
+    );
+    let (recv_id, _) = recv.ready();
+    let sent = send.wait_event("file_sent");
+    assert_eq!(sent["peer_id"], recv_id.as_str(), "{sent}");
+    let status = send.wait_exit("the confirmation");
+    assert!(status.success(), "send: {status}\n{}", send.log());
+    assert_eq!(
+        std::fs::read(out.join("for-recv.txt")).unwrap(),
+        b"only recv gets this"
+    );
 }
 
 #[test]

@@ -59,8 +59,10 @@ pub const CHANNEL_LABEL: &str = "kadrtc";
 /// channels are closed.
 pub const SIDE_LABEL_PREFIX: &str = "kadrtc-";
 
-/// Most side channels open on one connection at once, opened by either side; a further one
-/// from the remote is closed, and [`PeerConnection::open_side_channel`] refuses one over it.
+/// Most side channels open on one connection at once that each side opened (so up to twice as
+/// many in all): a further one from the remote is closed, and
+/// [`PeerConnection::open_side_channel`] refuses one over it. The two counts are separate, so
+/// that a remote holding its channels open cannot stop this side from opening its own.
 pub const MAX_SIDE_CHANNELS: usize = 8;
 
 /// Messages a side channel holds for its reader; while it is full, webrtc-rs stops reading
@@ -276,8 +278,10 @@ pub struct PeerConnection {
     channel_taken: Arc<AtomicBool>,
     /// Starts forwarding a locally created channel's events, tagged like the connection's.
     watch: Arc<dyn Fn(Arc<dyn DataChannel>) + Send + Sync>,
-    /// Side channels open now, shared with the event handler.
-    side_channels: Arc<AtomicUsize>,
+    /// Side channels this side opened, open now.
+    local_side_channels: Arc<AtomicUsize>,
+    /// Side channels the remote opened, open now (shared with the event handler).
+    remote_side_channels: Arc<AtomicUsize>,
     /// See [`RtcConfig::ordered`].
     ordered: bool,
 }
@@ -309,8 +313,8 @@ struct Handler<T> {
     connection: Arc<OnceLock<Weak<dyn webrtc::peer_connection::PeerConnection>>>,
     /// Set when the data channel opens.
     opened: Arc<AtomicBool>,
-    /// Side channels open now.
-    side_channels: Arc<AtomicUsize>,
+    /// Side channels the remote opened, open now.
+    remote_side_channels: Arc<AtomicUsize>,
     /// See [`RtcConfig::any_remote_label`].
     any_remote_label: bool,
 }
@@ -404,7 +408,7 @@ impl PeerConnection {
         let channel_taken = Arc::new(AtomicBool::new(false));
         let connection = Arc::new(OnceLock::new());
         let opened = Arc::new(AtomicBool::new(false));
-        let side_channels = Arc::new(AtomicUsize::new(0));
+        let remote_side_channels = Arc::new(AtomicUsize::new(0));
         let pc = PeerConnectionBuilder::new()
             .with_configuration(configuration)
             .with_setting_engine(settings)
@@ -414,7 +418,7 @@ impl PeerConnection {
                 channel_taken: channel_taken.clone(),
                 connection: connection.clone(),
                 opened: opened.clone(),
-                side_channels: side_channels.clone(),
+                remote_side_channels: remote_side_channels.clone(),
                 any_remote_label: config.any_remote_label,
             }))
             .with_udp_addrs(bind)
@@ -428,7 +432,8 @@ impl PeerConnection {
         Ok(Self {
             inner: pc,
             channel_taken,
-            side_channels,
+            local_side_channels: Arc::new(AtomicUsize::new(0)),
+            remote_side_channels,
             watch: Arc::new(move |channel| {
                 tokio::spawn(pump_channel(
                     channel,
@@ -592,7 +597,8 @@ impl PeerConnection {
         }
         let deadline = tokio::time::Instant::now() + SIDE_CHANNEL_OPEN_TIMEOUT;
         for attempt in 1..=SIDE_CHANNEL_OPEN_ATTEMPTS {
-            let slot = SideSlot::take(&self.side_channels).ok_or(RtcError::TooManySideChannels)?;
+            let slot =
+                SideSlot::take(&self.local_side_channels).ok_or(RtcError::TooManySideChannels)?;
             let channel = self
                 .inner
                 .create_data_channel(label, Some(RTCDataChannelInit::default()))
@@ -600,7 +606,7 @@ impl PeerConnection {
                 .map_err(webrtc_error)?;
             let (open_tx, open_rx) = tokio::sync::oneshot::channel();
             tokio::spawn(pump_side_channel::<()>(
-                channel,
+                channel.clone(),
                 label.to_string(),
                 slot,
                 SideOpen::Reply(open_tx),
@@ -613,10 +619,22 @@ impl PeerConnection {
                     tracing::debug!(attempt, %label, "side channel closed before it opened");
                     tokio::time::sleep(SIDE_CHANNEL_RETRY_DELAY).await;
                 }
-                Err(_) => break,
+                Err(_) => {
+                    // Its pump, and slot, end with the channel.
+                    if let Err(error) = channel.close().await {
+                        tracing::debug!(%error, "closing a side channel that did not open");
+                    }
+                    break;
+                }
             }
         }
         Err(RtcError::SideChannelNotOpen)
+    }
+
+    /// Side channels open on this connection now, opened by either side.
+    pub fn side_channels_open(&self) -> usize {
+        self.local_side_channels.load(Ordering::Acquire)
+            + self.remote_side_channels.load(Ordering::Acquire)
     }
 
     /// Closes the connection and its channel.
@@ -836,7 +854,7 @@ impl<T: Clone + Send + Sync + 'static> PeerConnectionEventHandler for Handler<T>
         // else is closed so that a peer cannot multiply channels or replace the one in use.
         let label = channel.label().await.unwrap_or_default();
         if is_side_label(&label) && self.channel_taken.load(Ordering::SeqCst) {
-            if let Some(slot) = SideSlot::take(&self.side_channels) {
+            if let Some(slot) = SideSlot::take(&self.remote_side_channels) {
                 tokio::spawn(pump_side_channel(
                     channel,
                     label,

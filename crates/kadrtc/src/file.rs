@@ -13,8 +13,14 @@
 //!    bytes): the receiver's memory stays bounded however slow its disk, and the data channel's
 //!    own send buffer bounds the sender's.
 //! 4. The sender sends `Done { sha256 }`. The receiver checks the byte count and SHA-256
-//!    (FIPS 180-4) of what it wrote, moves `NAME.part` to `NAME` and answers `Confirmed`, or
-//!    `Failed { reason }` and keeps `NAME.part`.
+//!    (FIPS 180-4) of what it wrote, gives `NAME.part` the name `NAME` and answers
+//!    `Confirmed`, or `Failed { reason }` and keeps `NAME.part`.
+//!
+//! The receiver's partial file is created new: `NAME.part`, or `NAME.1.part`, `NAME.2.part`, …
+//! when that exists (another transfer of the same name, or the bytes of a failed one), so no
+//! two transfers ever write one file. Without overwriting, the final name is given with a
+//! hard link, which fails when `NAME` exists: a file that appeared meanwhile is never
+//! replaced, and that transfer fails instead.
 //!
 //! Either side gives up after [`STALL_TIMEOUT`] without a message from the other, and a
 //! closed channel before `Confirmed` is [`FileError::PeerGone`]: a transfer is never reported
@@ -268,14 +274,14 @@ impl IncomingFile {
             tokio::spawn(refuse(side, reason));
             return Err(FileError::Exists(path));
         }
-        let partial = part_path(&path);
-        let file = tokio::fs::File::create(&partial)
-            .await
-            .map_err(|source| FileError::Io {
-                path: partial.clone(),
-                source,
-            })?;
-        reply(&side, &Control::Accept).await?;
+        let (partial, file) = create_part(&path).await.map_err(|source| FileError::Io {
+            path: part_path(&path, 0),
+            source,
+        })?;
+        if let Err(error) = reply(&side, &Control::Accept).await {
+            let _ = tokio::fs::remove_file(&partial).await;
+            return Err(error);
+        }
         let (progress_tx, progress) = watch::channel(Progress {
             bytes: 0,
             total: self.size,
@@ -542,25 +548,87 @@ impl Receive {
         progress: watch::Sender<Progress>,
     ) -> Result<FileReceipt, FileError> {
         let mut file = tokio::io::BufWriter::with_capacity(1024 * 1024, file);
+        let received = self.receive(&mut side, &mut file, &progress).await;
+        // What arrived is kept in the partial file, whatever happened.
+        let flushed = file.flush().await;
+        let (sha256, written, actual) = match received {
+            Ok(received) => received,
+            Err(error @ FileError::PeerGone { .. }) => return Err(error),
+            Err(error) => {
+                let reason = error.to_string();
+                let _ = reply(&side, &Control::Failed { reason }).await;
+                linger(side).await;
+                return Err(error);
+            }
+        };
+        flushed.map_err(|source| self.io(source))?;
+        file.get_ref()
+            .sync_all()
+            .await
+            .map_err(|source| self.io(source))?;
+        drop(file);
+        if written != self.size {
+            let reason = format!("{written} bytes received, {} announced", self.size);
+            return self.fail(side, reason).await;
+        }
+        if actual != sha256 {
+            return self.fail(side, "SHA-256 differs".into()).await;
+        }
+        match place(&self.partial, &self.path, self.overwrite).await {
+            Ok(()) => {}
+            Err(error) if error.kind() == std::io::ErrorKind::AlreadyExists => {
+                let reason = format!("{} appeared on the receiver meanwhile", self.name);
+                let _ = reply(&side, &Control::Failed { reason }).await;
+                linger(side).await;
+                return Err(FileError::Exists(self.path.clone()));
+            }
+            Err(source) => {
+                let reason = source.to_string();
+                let _ = reply(&side, &Control::Failed { reason }).await;
+                return Err(FileError::Io {
+                    path: self.path.clone(),
+                    source,
+                });
+            }
+        }
+        reply(&side, &Control::Confirmed).await?;
+        linger(side).await;
+        Ok(FileReceipt {
+            peer: self.peer,
+            name: self.name,
+            path: self.path,
+            size: self.size,
+            sha256,
+            elapsed: self.offered_at.elapsed(),
+        })
+    }
+
+    /// Writes the file's bytes as they arrive until the sender's `Done`; returns the SHA-256
+    /// the sender claims, the bytes written and their SHA-256.
+    async fn receive(
+        &self,
+        side: &mut SideChannel,
+        file: &mut tokio::io::BufWriter<tokio::fs::File>,
+        progress: &watch::Sender<Progress>,
+    ) -> Result<([u8; 32], u64, [u8; 32]), FileError> {
         let mut hasher = Sha256::new();
         let (mut written, mut reported) = (0u64, 0u64);
-        let sha256 = loop {
+        loop {
             let message = match tokio::time::timeout(STALL_TIMEOUT, side.recv()).await {
                 Ok(Some(message)) => message,
                 Ok(None) => {
-                    let _ = file.flush().await;
                     return Err(FileError::PeerGone {
                         bytes: written,
                         size: self.size,
                         partial: Some(self.partial.clone()),
-                    });
+                    })
                 }
                 Err(_) => return Err(FileError::Stalled),
             };
-            match decode(&message) {
-                Ok(Message::Data(bytes)) => {
+            match decode(&message)? {
+                Message::Data(bytes) => {
                     if written + bytes.len() as u64 > self.size {
-                        return self.fail(side, "more bytes than announced".into()).await;
+                        return Err(FileError::Protocol("more bytes than announced".into()));
                     }
                     file.write_all(bytes)
                         .await
@@ -575,50 +643,15 @@ impl Receive {
                         // What is reported is what the receiver holds no more in memory.
                         file.flush().await.map_err(|source| self.io(source))?;
                         reported = written;
-                        let _ = reply(&side, &Control::Received { bytes: written }).await;
+                        let _ = reply(side, &Control::Received { bytes: written }).await;
                     }
                 }
-                Ok(Message::Control(Control::Done { sha256 })) => break sha256,
-                Ok(Message::Control(other)) => return Err(unexpected(&other)),
-                Err(error) => return Err(error),
+                Message::Control(Control::Done { sha256 }) => {
+                    return Ok((sha256, written, hasher.finalize().into()))
+                }
+                Message::Control(other) => return Err(unexpected(&other)),
             }
-        };
-        file.flush().await.map_err(|source| self.io(source))?;
-        file.get_ref()
-            .sync_all()
-            .await
-            .map_err(|source| self.io(source))?;
-        drop(file);
-        let actual: [u8; 32] = hasher.finalize().into();
-        if written != self.size {
-            let reason = format!("{written} bytes received, {} announced", self.size);
-            return self.fail(side, reason).await;
         }
-        if actual != sha256 {
-            return self.fail(side, "SHA-256 differs".into()).await;
-        }
-        if !self.overwrite && tokio::fs::try_exists(&self.path).await.unwrap_or(true) {
-            let reason = format!("{} appeared on the receiver meanwhile", self.name);
-            let _ = reply(&side, &Control::Failed { reason }).await;
-            linger(side).await;
-            return Err(FileError::Exists(self.path.clone()));
-        }
-        tokio::fs::rename(&self.partial, &self.path)
-            .await
-            .map_err(|source| FileError::Io {
-                path: self.path.clone(),
-                source,
-            })?;
-        reply(&side, &Control::Confirmed).await?;
-        linger(side).await;
-        Ok(FileReceipt {
-            peer: self.peer,
-            name: self.name,
-            path: self.path,
-            size: self.size,
-            sha256,
-            elapsed: self.offered_at.elapsed(),
-        })
     }
 
     async fn fail(&self, side: SideChannel, reason: String) -> Result<FileReceipt, FileError> {
@@ -740,11 +773,60 @@ fn check_name(name: &str) -> Result<(), FileError> {
     Ok(())
 }
 
-/// `PATH.part`.
-fn part_path(path: &Path) -> PathBuf {
+/// Most partial files of one name tried: `PATH.part`, `PATH.1.part`, …
+const MAX_PART_NAMES: u32 = 100;
+
+/// `PATH.part` for `n` = 0, else `PATH.n.part`.
+fn part_path(path: &Path, n: u32) -> PathBuf {
     let mut name = path.as_os_str().to_owned();
+    if n > 0 {
+        name.push(format!(".{n}"));
+    }
     name.push(".part");
     PathBuf::from(name)
+}
+
+/// Creates a partial file for `path` that no one else writes: the first of `PATH.part`,
+/// `PATH.1.part`, … that does not exist (a transfer of the same name under way, or one that
+/// failed and left its bytes, keeps its own).
+async fn create_part(path: &Path) -> std::io::Result<(PathBuf, tokio::fs::File)> {
+    for n in 0..MAX_PART_NAMES {
+        let candidate = part_path(path, n);
+        let created = tokio::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(&candidate)
+            .await;
+        match created {
+            Ok(file) => return Ok((candidate, file)),
+            Err(error) if error.kind() == std::io::ErrorKind::AlreadyExists => continue,
+            Err(error) => return Err(error),
+        }
+    }
+    Err(std::io::Error::new(
+        std::io::ErrorKind::AlreadyExists,
+        format!("{MAX_PART_NAMES} partial files of this name exist; remove them"),
+    ))
+}
+
+/// Gives the checked partial file its final name. Without `overwrite` it never replaces a
+/// file: a hard link fails if the name exists (atomically, unlike a check then a rename),
+/// and the partial name is removed after. Where hard links are unsupported it falls back to
+/// a check and a rename.
+async fn place(partial: &Path, path: &Path, overwrite: bool) -> std::io::Result<()> {
+    if overwrite {
+        return tokio::fs::rename(partial, path).await;
+    }
+    match tokio::fs::hard_link(partial, path).await {
+        Ok(()) => tokio::fs::remove_file(partial).await,
+        Err(error) if error.kind() == std::io::ErrorKind::AlreadyExists => Err(error),
+        Err(_) => {
+            if tokio::fs::try_exists(path).await.unwrap_or(true) {
+                return Err(std::io::ErrorKind::AlreadyExists.into());
+            }
+            tokio::fs::rename(partial, path).await
+        }
+    }
 }
 
 #[cfg(test)]
@@ -804,8 +886,12 @@ mod tests {
     #[test]
     fn partial_files_get_a_part_suffix() {
         assert_eq!(
-            part_path(Path::new("out/a.bin")),
+            part_path(Path::new("out/a.bin"), 0),
             PathBuf::from("out/a.bin.part")
+        );
+        assert_eq!(
+            part_path(Path::new("out/a.bin"), 2),
+            PathBuf::from("out/a.bin.2.part")
         );
     }
 }

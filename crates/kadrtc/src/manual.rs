@@ -60,9 +60,11 @@ pub const OPEN_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// How long the answering side waits for the data channel once [`ManualConnection::answer`]
 /// has returned its answer, before [`ManualEvent::Failed`]: 5 minutes, the time a person has
-/// to carry the answer line to the offering side. ICE keeps checking as long, on both sides
-/// (after the 5 s of [`kadrtc_rtc::ICE_DISCONNECTED_TIMEOUT`]), since the answering side's
-/// checks start before the offering side has the answer.
+/// to carry the answer line to the offering side. The answering side's ICE keeps checking as
+/// long (after the 5 s of [`kadrtc_rtc::ICE_DISCONNECTED_TIMEOUT`]), since its checks start
+/// before the offering side has the answer; the offering side's fails after the usual
+/// [`kadrtc_rtc::ICE_FAILED_TIMEOUT`]. So an answering side whose open channel loses its peer
+/// without a close notices only after that long.
 pub const ANSWER_CARRY_TIMEOUT: Duration = Duration::from_secs(300);
 
 /// Largest message [`ManualConnection::send`] and [`ManualConnection::send_text`] accept, in

@@ -5,6 +5,7 @@
 //! reads open channels from a shared map to send without a round trip.
 
 use std::collections::{HashMap, HashSet, VecDeque};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, PoisonError, RwLock};
 use std::time::{Duration, Instant};
 
@@ -325,6 +326,12 @@ struct PeerEntry {
     seeking_path: Option<SessionId>,
     /// When the open channel last carried a message from the peer.
     last_heard: Instant,
+    /// Set while a ping or pong of ours is being sent: one at a time, so that a peer that
+    /// stops acknowledging cannot pile up sending tasks.
+    control_busy: Arc<AtomicBool>,
+    /// Side channels the peer opened while its binding proof was still on its way; handed
+    /// on once the channel is open (at most [`kadrtc_rtc::MAX_SIDE_CHANNELS`]).
+    early_sides: Vec<(SessionId, kadrtc_rtc::SideChannel)>,
 }
 
 struct PendingBinding {
@@ -564,9 +571,12 @@ impl Room {
         // Unread events must not keep the actor from seeing the command.
         drop(events);
         let (reply, done) = oneshot::channel();
-        if commands.send(Command::Leave(reply)).await.is_ok() {
-            let _ = tokio::time::timeout(LEAVE_LIMIT, done).await;
-        }
+        let leaving = async {
+            if commands.send(Command::Leave(reply)).await.is_ok() {
+                let _ = done.await;
+            }
+        };
+        let _ = tokio::time::timeout(LEAVE_LIMIT, leaving).await;
     }
 }
 
@@ -936,11 +946,15 @@ impl RoomActor {
                 self.on_message(peer, data).await;
             }
             RtcEvent::SideChannelOpen(side) if current && entry.open => {
-                if side.label() == FILE_LABEL {
-                    tokio::spawn(file::offered(peer, side, self.events.clone()));
-                } else {
-                    tracing::debug!(%peer, label = side.label(), "unknown side channel closed");
-                }
+                self.on_side_channel(peer, side);
+            }
+            // The peer may open one as soon as it has our proof, before its own reaches us.
+            RtcEvent::SideChannelOpen(side)
+                if current
+                    && entry.binding.is_some()
+                    && entry.early_sides.len() < kadrtc_rtc::MAX_SIDE_CHANNELS =>
+            {
+                entry.early_sides.push((session, side));
             }
             RtcEvent::IceConnected if entry.seeking_path == Some(session) => {
                 entry.seeking_path = None;
@@ -1071,6 +1085,15 @@ impl RoomActor {
             candidate_pair,
         })
         .await;
+        let early = self
+            .peers
+            .get_mut(&peer)
+            .map(|entry| std::mem::take(&mut entry.early_sides))
+            .unwrap_or_default();
+        // Those of an earlier session are dropped, which closes them.
+        for (_, side) in early.into_iter().filter(|(s, _)| *s == session) {
+            self.on_side_channel(peer, side);
+        }
     }
 
     /// A framed message on the open channel of `peer`.
@@ -1083,10 +1106,7 @@ impl RoomActor {
             }
             Some((&frame::PING, body)) => match ping_nonce(body) {
                 Some(nonce) => {
-                    if let Some(channel) = self.channel(peer) {
-                        let pong = ping_frame(frame::PONG, nonce);
-                        tokio::spawn(async move { channel.main.send(&pong).await });
-                    }
+                    self.send_control(peer, ping_frame(frame::PONG, nonce));
                 }
                 None => tracing::debug!(%peer, "malformed ping ignored"),
             },
@@ -1127,20 +1147,43 @@ impl RoomActor {
 
     /// Sends a ping to `peer`; its pong updates the round-trip time and answers `reply`.
     fn ping(&mut self, peer: PeerId, reply: Option<oneshot::Sender<Duration>>) {
-        let Some(channel) = self.channel(peer) else {
-            return;
-        };
         let nonce: u64 = rand::random();
-        self.pings.insert(
-            nonce,
-            PendingPing {
-                peer,
-                sent_at: Instant::now(),
-                reply,
-            },
-        );
-        let ping = ping_frame(frame::PING, nonce);
-        tokio::spawn(async move { channel.main.send(&ping).await });
+        if self.send_control(peer, ping_frame(frame::PING, nonce)) {
+            self.pings.insert(
+                nonce,
+                PendingPing {
+                    peer,
+                    sent_at: Instant::now(),
+                    reply,
+                },
+            );
+        }
+    }
+
+    /// Sends a ping or pong on the open channel of `peer` in the background, unless one is
+    /// still being sent; returns whether it was sent.
+    fn send_control(&self, peer: PeerId, frame: [u8; 9]) -> bool {
+        let (Some(channel), Some(entry)) = (self.channel(peer), self.peers.get(&peer)) else {
+            return false;
+        };
+        let busy = entry.control_busy.clone();
+        if busy.swap(true, Ordering::AcqRel) {
+            return false;
+        }
+        tokio::spawn(async move {
+            let _ = channel.main.send(&frame).await;
+            busy.store(false, Ordering::Release);
+        });
+        true
+    }
+
+    /// A side channel the peer opened on its open channel's connection.
+    fn on_side_channel(&self, peer: PeerId, side: kadrtc_rtc::SideChannel) {
+        if side.label() == FILE_LABEL {
+            tokio::spawn(file::offered(peer, side, self.events.clone()));
+        } else {
+            tracing::debug!(%peer, label = side.label(), "unknown side channel closed");
+        }
     }
 
     /// Once every [`PING_INTERVAL`]: reports open channels silent for [`PEER_TIMEOUT`] as
@@ -1149,6 +1192,18 @@ impl RoomActor {
     async fn check_liveness(&mut self, now: Instant) {
         self.pings
             .retain(|_, ping| now.duration_since(ping.sent_at) < PEER_TIMEOUT);
+        // While a side channel is open (a file transfer), pings queue behind its data in
+        // SCTP's one send queue and may wait long on a slow path: the transfer's own stall
+        // timeout and ICE watch the connection then.
+        for entry in self.peers.values_mut().filter(|entry| entry.open) {
+            let busy = entry
+                .connection
+                .as_ref()
+                .is_some_and(|(_, pc)| pc.side_channels_open() > 0);
+            if busy {
+                entry.last_heard = now;
+            }
+        }
         let open: Vec<(PeerId, Option<SessionId>, Instant)> = self
             .peers
             .iter()
@@ -1448,6 +1503,8 @@ impl RoomActor {
                 binding: None,
                 seeking_path: None,
                 last_heard: Instant::now(),
+                control_busy: Arc::new(AtomicBool::new(false)),
+                early_sides: Vec::new(),
             },
         );
         self.outbox

@@ -145,13 +145,20 @@ async fn an_existing_file_is_refused_unless_overwrite_is_asked_and_the_sender_is
         offer.accept(&existing, false).await,
         Err(FileError::Exists(path)) if path == existing
     ));
-    assert!(matches!(sending.finish().await, Err(FileError::Refused(_))));
+    let refused = timeout(DEADLINE, sending.finish())
+        .await
+        .expect("sender told");
+    assert!(matches!(refused, Err(FileError::Refused(_))), "{refused:?}");
     assert_eq!(std::fs::read(&existing).unwrap(), b"keep me");
 
     let sending = channel.send_file(&source).await.unwrap();
     let offer = until(&mut room_b, incoming).await;
     let receiving = offer.accept(&existing, true).await.unwrap();
-    let (sent, received) = tokio::join!(sending.finish(), receiving.finish());
+    let (sent, received) = timeout(DEADLINE, async {
+        tokio::join!(sending.finish(), receiving.finish())
+    })
+    .await
+    .expect("transfer ends within the deadline");
     assert_eq!(sent.unwrap().sha256, received.unwrap().sha256);
     assert_eq!(
         std::fs::read(&existing).unwrap(),
@@ -200,7 +207,60 @@ async fn a_sender_that_leaves_mid_transfer_leaves_a_part_file_never_reported_com
         !target.exists(),
         "a partial file is never given the final name"
     );
-    assert!(sending.finish().await.is_err());
+    let sender = timeout(DEADLINE, sending.finish())
+        .await
+        .expect("sender ends");
+    assert!(sender.is_err());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_transfers_of_one_name_never_share_a_file_and_the_second_does_not_replace_the_first() {
+    let dir = tempfile::tempdir().unwrap();
+    let (one, two) = (dir.path().join("one"), dir.path().join("two"));
+    std::fs::create_dir_all(&one).unwrap();
+    std::fs::create_dir_all(&two).unwrap();
+    let first = write_file(&one.join("same.bin"), 3 * 1024 * 1024);
+    // Another content under the same name.
+    let second: Vec<u8> = first.iter().map(|b| b.wrapping_add(1)).collect();
+    std::fs::write(two.join("same.bin"), &second).unwrap();
+    let (_dht, _a, b, room_a, mut room_b) = open_pair("same-name").await;
+    let channel = room_a.channel(b.peer_id()).unwrap();
+    let out = dir.path().join("out");
+    std::fs::create_dir_all(&out).unwrap();
+
+    // Both offers are accepted before either transfer ends.
+    let send_one = channel.send_file(one.join("same.bin")).await.unwrap();
+    let offer_one = until(&mut room_b, incoming).await;
+    let recv_one = offer_one.accept(out.join("same.bin"), false).await.unwrap();
+    let send_two = channel.send_file(two.join("same.bin")).await.unwrap();
+    let offer_two = until(&mut room_b, incoming).await;
+    let recv_two = offer_two.accept(out.join("same.bin"), false).await.unwrap();
+
+    let (s1, r1, s2, r2) = timeout(DEADLINE, async {
+        tokio::join!(
+            send_one.finish(),
+            recv_one.finish(),
+            send_two.finish(),
+            recv_two.finish()
+        )
+    })
+    .await
+    .expect("both transfers end within the deadline");
+    let received: Vec<_> = [r1, r2].into_iter().filter_map(Result::ok).collect();
+    assert_eq!(received.len(), 1, "exactly one transfer gets the name");
+    assert_eq!(
+        [s1.is_ok(), s2.is_ok()].iter().filter(|ok| **ok).count(),
+        1,
+        "exactly one sender is told it was confirmed"
+    );
+    // What is on disk is what the receipt says, and one of the two files whole.
+    let on_disk: [u8; 32] = Sha256::digest(std::fs::read(out.join("same.bin")).unwrap()).into();
+    assert_eq!(on_disk, received[0].sha256);
+    let whole: [[u8; 32]; 2] = [
+        Sha256::digest(&first).into(),
+        Sha256::digest(&second).into(),
+    ];
+    assert!(whole.contains(&on_disk));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
