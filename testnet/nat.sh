@@ -39,6 +39,8 @@ readonly POLL_INTERVAL=0.05      # seconds between polls inside deadline loops
 readonly READY_TIMEOUT_S=20      # node / netdelay "ready" line
 readonly OPEN_DEADLINE_S=60      # per run: both joiners report channel_open
 readonly NOPATH_DEADLINE_S=30    # per run: a no_path error (symmetric-norelay)
+readonly CUT_S=10                 # cut-cone: how long router A's internet link is down
+readonly RECONNECT_DEADLINE_S=60  # cut-cone: from the restored link to both channels open again
 readonly EXIT_TIMEOUT_S=10       # joiners exit after their stdin is closed
 readonly STOP_TIMEOUT_S=5        # SIGTERM grace period before SIGKILL
 readonly DEFAULT_RUNS=5
@@ -46,7 +48,7 @@ readonly MAX_RUNS=100
 readonly LOG_TAIL_LINES=20
 
 # name | peer A | peer B | loss % | delay ms | node relay | expectation
-readonly SCENARIOS=(cone public-cone symmetric-relay symmetric-norelay lossy-cone)
+readonly SCENARIOS=(cone public-cone symmetric-relay symmetric-norelay lossy-cone cut-cone)
 
 # --- paths -----------------------------------------------------------------------
 
@@ -129,8 +131,13 @@ side = {}
 for who, code in (("A", a_exit), ("B", b_exit)):
     evs = load(run_dir + "/" + who + ".out") if t0 else []
     s = {"open_ms": None, "elapsed_ms": None, "local": None, "remote": None,
-         "errors": [], "exit_status": int(code) if code.lstrip("-").isdigit() else None}
+         "errors": [], "exit_status": int(code) if code.lstrip("-").isdigit() else None,
+         "opens_ms": [], "left_ms": []}
     for ts, ev in evs:
+        if ev.get("event") == "channel_open":
+            s["opens_ms"].append(ts - t0)
+        if ev.get("event") == "peer_left":
+            s["left_ms"].append(ts - t0)
         if ev.get("event") == "channel_open" and s["open_ms"] is None:
             s.update(open_ms=ts - t0, elapsed_ms=ev.get("elapsed_ms"),
                      local=ev.get("local"), remote=ev.get("remote"))
@@ -161,6 +168,33 @@ elif expect in ("direct", "relay"):
             reasons.append("%s: pair %s has no relay candidate" % (who, pair(s)))
     if side["A"]["open_ms"] is not None and side["B"]["open_ms"] is not None:
         time_ms = max(side["A"]["open_ms"], side["B"]["open_ms"])
+elif expect == "reconnect":
+    def read_ms(name):
+        try:
+            return int(open(run_dir + "/" + name).read()) - t0
+        except (OSError, ValueError):
+            return None
+    cut, restored = read_ms("cut_ms"), read_ms("restored_ms")
+    if cut is None or restored is None:
+        reasons.append("the link was not cut (no channel_open within %s s before it)" % deadline_s)
+    else:
+        back = []
+        for who in "AB":
+            s = side[who]
+            left = [t for t in s["left_ms"] if t >= cut]
+            again = [t for t in s["opens_ms"] if t > cut]
+            if not left:
+                reasons.append("%s: no peer_left after the cut" % who)
+            else:
+                s["left_after_cut_ms"] = left[0] - cut
+            if not again:
+                reasons.append("%s: no channel_open again after the restored link" % who)
+            elif left and again[0] < left[0]:
+                reasons.append("%s: channel_open again before peer_left" % who)
+            else:
+                back.append(again[0] - restored)
+        if len(back) == 2:
+            time_ms = max(back)
 else:  # no_path
     opened = [w for w in "AB" if side[w]["open_ms"] is not None]
     if opened:
@@ -181,7 +215,12 @@ with open(out, "a", encoding="utf-8") as f:
     f.write(json.dumps(rec) + "\n")
 line = "%s run %d/%d: %s" % (scenario, run, runs, "PASS" if ok else "FAIL")
 if time_ms is not None:
-    line += "  %d ms%s" % (time_ms, " to no_path" if expect == "no_path" else " join-to-open")
+    what = {"no_path": " to no_path", "reconnect": " from the restored link to both open again"}
+    line += "  %d ms%s" % (time_ms, what.get(expect, " join-to-open"))
+if expect == "reconnect":
+    lefts = [side[w].get("left_after_cut_ms") for w in "AB"]
+    if None not in lefts:
+        line += "  (peer_left %d / %d ms after the cut)" % tuple(lefts)
 for who in "AB":
     if side[who]["open_ms"] is not None:
         line += "  %s %s" % (who, pair(side[who]))
@@ -225,7 +264,7 @@ for name in names:
     mx = max(times) if times else None
     rows.append((name, "%d/%d" % (passed, len(rs)), "PASS" if ok else "FAIL",
                  ", ".join("%s \u00d7%d" % kv for kv in pairs.most_common()) or "-",
-                 "no_path" if expect == "no_path" else "open",
+                 {"no_path": "no_path", "reconnect": "reopen"}.get(expect, "open"),
                  "-" if med is None else "%s ms" % med, "-" if mx is None else "%d ms" % mx))
     docs.append({"name": name, "expect": expect, "passed": passed, "total": len(rs),
                  "outcome": "PASS" if ok else "FAIL", "pair_types": dict(pairs),
@@ -238,7 +277,8 @@ print(fmt % head)
 for r in rows:
     print(fmt % r)
 print("(time: from starting both joiners until both reported channel_open, or until the first")
-print(" no_path error; median and max over the passing runs; measured by the script)")
+print(" no_path error; reopen: from the restored link until both reported channel_open again;")
+print(" median and max over the passing runs; measured by the script)")
 doc = {"date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
        "binary": binary, "netdelay": netdelay or None, "runs_per_scenario": int(runs),
        "nat_join_args": join_args, "all_passed": all_ok, "scenarios": docs}
@@ -798,6 +838,7 @@ scenario_spec() {
   symmetric-relay) LAB_A=symmetric LAB_B=symmetric LAB_RELAY=1 SC_EXPECT=relay ;;
   symmetric-norelay) LAB_A=symmetric LAB_B=symmetric SC_EXPECT=no_path SC_DEADLINE=$NOPATH_DEADLINE_S ;;
   lossy-cone) LAB_A=cone LAB_B=cone LAB_LOSS=5 LAB_DELAY=30 ;;
+  cut-cone) LAB_A=cone LAB_B=cone SC_EXPECT=reconnect ;;
   *) return 1 ;;
   esac
 }
@@ -828,6 +869,40 @@ run_done() {
   else
     has_event "$d/A.out" channel_open && has_event "$d/B.out" channel_open
   fi
+}
+
+# opened_twice: both joiners reported channel_open twice (cut-cone: once before the cut,
+# once after it).
+opened_twice() {
+  local who n
+  for who in A B; do
+    n=$(grep -cE '"event"[[:space:]]*:[[:space:]]*"channel_open"' "$RUN_DIR/$who.out" 2>/dev/null) || n=0
+    ((n >= 2)) || return 1
+  done
+}
+
+# cut_link: cut-cone: router A's internet link down for CUT_S s, then up again (with its
+# default route, which the kernel drops with the link); the times go to cut_ms and
+# restored_ms in the run directory. Then waits (RECONNECT_DEADLINE_S) for both joiners to
+# open their channel again by themselves.
+cut_link() {
+  local wan deadline
+  wan=$(ifn wan)
+  now_ms
+  printf '%s\n' "$NOW_MS" >"$RUN_DIR/cut_ms"
+  ip -n "$(ns rA)" link set "$wan" down
+  sleep "$CUT_S"
+  ip -n "$(ns rA)" link set "$wan" up
+  ip -n "$(ns rA)" route replace default via "$INET_RA_IP"
+  now_ms
+  printf '%s\n' "$NOW_MS" >"$RUN_DIR/restored_ms"
+  deadline=$((NOW_MS + RECONNECT_DEADLINE_S * 1000))
+  while ! opened_twice; do
+    now_ms
+    ((NOW_MS < deadline)) || break
+    if ! pid_alive "$A_PID" || ! pid_alive "$B_PID"; then break; fi
+    sleep "$POLL_INTERVAL"
+  done
 }
 
 # exit_status PID -> EXIT_STATUS ("running" if it is still alive).
@@ -919,6 +994,8 @@ run_once() {
     ((NOW_MS < deadline)) || break
     sleep "$POLL_INTERVAL"
   done
+
+  if [[ $SC_EXPECT == reconnect ]] && run_done; then cut_link; fi
 
   # Let both leave (stdin closed), then judge.
   close_stdins
@@ -1372,6 +1449,9 @@ scenarios (peer A | peer B | node | passes when):
                      kind no_path from either joiner within ${NOPATH_DEADLINE_S} s
   lossy-cone         cone, 5% loss + 30 ms delay per router and direction (both routers)
                      | same | STUN | both open, no relay in the pair
+  cut-cone           cone | cone | STUN | both open; then router A's internet link is cut
+                     for 10 s: both report peer_left, and both open again by themselves
+                     within 60 s of the restored link
   Deadline: ${OPEN_DEADLINE_S} s from starting the joiners (${NOPATH_DEADLINE_S} s for symmetric-norelay).
   A scenario passes when all of its runs pass.
 
