@@ -364,7 +364,9 @@ pub async fn client(bootstrap: &str, key: Keypair) -> DhtHandle {
 /// Puts `value` under `key` at the node `bootstrap` with a bare Kademlia client whose own
 /// store takes values of any size, as a non-kadrtc implementation could: kadrtc's own
 /// nodes refuse to even send an oversized record. Returns once the query finished.
-pub async fn raw_put_record(bootstrap: &str, key: Vec<u8>, value: Vec<u8>) {
+/// Puts a record through a bare Kademlia client (no value-size limit of kadrtc's) and returns
+/// the put query's outcome: `Err` with libp2p's reason when no node took the record.
+pub async fn raw_put_record(bootstrap: &str, key: Vec<u8>, value: Vec<u8>) -> Result<(), String> {
     use futures::StreamExt as _;
     use libp2p::kad::{self, store::MemoryStore, store::MemoryStoreConfig};
     use libp2p::multiaddr::Protocol;
@@ -399,13 +401,13 @@ pub async fn raw_put_record(bootstrap: &str, key: Vec<u8>, value: Vec<u8>) {
             .await
             .expect("the put finishes within the deadline");
         if let SwarmEvent::Behaviour(kad::Event::OutboundQueryProgressed {
-            result: kad::QueryResult::PutRecord(_),
+            result: kad::QueryResult::PutRecord(result),
             step,
             ..
         }) = event
         {
             if step.last {
-                return;
+                return result.map(drop).map_err(|error| error.to_string());
             }
         }
     }
