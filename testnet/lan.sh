@@ -69,15 +69,6 @@ step() { printf '==> %s\n' "$*"; }
 
 ns() { printf '%s%s-%s' "$NS_PREFIX" "$LAB_ID" "$1"; } # ns a|b: a namespace of this run
 
-# pid_alive PID: the process exists and is not a zombie.
-pid_alive() {
-  local stat
-  [[ $1 =~ ^[0-9]+$ ]] || return 1
-  read -r stat 2>/dev/null <"/proc/$1/stat" || return 1
-  stat=${stat##*) }
-  [[ ${stat:0:1} != Z ]]
-}
-
 # --- preflight ---------------------------------------------------------------------
 
 need_root_tools() {
@@ -142,39 +133,6 @@ lab_up() {
     die "cannot create the veth pair $(ns a) <-> $(ns b)"
   setup_ns a "$A_IP"
   setup_ns b "$B_IP"
-}
-
-# wait_gone SECONDS PID...: poll until every PID is gone (0), or SECONDS pass
-# (1, survivors in LEFT).
-LEFT=()
-wait_gone() {
-  local secs=$1 pid deadline
-  shift
-  now_ms
-  deadline=$((NOW_MS + secs * 1000))
-  while :; do
-    LEFT=()
-    for pid; do
-      if pid_alive "$pid"; then LEFT+=("$pid"); fi
-    done
-    ((${#LEFT[@]} > 0)) || return 0
-    now_ms
-    ((NOW_MS < deadline)) || return 1
-    sleep "$POLL_INTERVAL"
-  done
-}
-
-# kill_all PID...: SIGTERM every live PID, wait up to STOP_TIMEOUT_S, then
-# SIGKILL the survivors.
-kill_all() {
-  local pid targets=()
-  for pid in "$@"; do
-    if pid_alive "$pid" && kill -TERM "$pid" 2>/dev/null; then targets+=("$pid"); fi
-  done
-  ((${#targets[@]} > 0)) || return 0
-  wait_gone "$STOP_TIMEOUT_S" "${targets[@]}" && return 0
-  kill -KILL "${LEFT[@]}" 2>/dev/null || true
-  wait_gone 2 "${LEFT[@]}" || true
 }
 
 # stop_joiners: close their stdins (they leave the room and exit), then stop

@@ -418,15 +418,6 @@ DIE_MSG=""
 note() { printf '%s\n' "$*"; }
 step() { printf '==> %s\n' "$*"; }
 
-# pid_alive PID: the process exists and is not a zombie.
-pid_alive() {
-  local stat
-  [[ $1 =~ ^[0-9]+$ ]] || return 1
-  read -r stat 2>/dev/null <"/proc/$1/stat" || return 1
-  stat=${stat##*) }
-  [[ ${stat:0:1} != Z ]]
-}
-
 # has_error_kind FILE KIND: FILE has an error event of that kind.
 has_error_kind() {
   grep -E "\"event\"[[:space:]]*:[[:space:]]*\"error\"" "$1" 2>/dev/null |
@@ -745,40 +736,6 @@ lab_up() {
   ((LAB_DELAY > 0)) && mode+=", delay ${LAB_DELAY} ms"
   ((LAB_RELAY)) && mode+=", relay"
   printf '%s\n' "$mode" >"$LAB_DIR/lab.mode"
-}
-
-# wait_gone SECONDS PID...: poll until every PID is gone (0), or SECONDS pass
-# (1, survivors in LEFT).
-LEFT=()
-wait_gone() {
-  local secs=$1 pid deadline
-  shift
-  now_ms
-  deadline=$((NOW_MS + secs * 1000))
-  while :; do
-    LEFT=()
-    for pid; do
-      if pid_alive "$pid"; then LEFT+=("$pid"); fi
-    done
-    ((${#LEFT[@]} > 0)) || return 0
-    now_ms
-    ((NOW_MS < deadline)) || return 1
-    sleep "$POLL_INTERVAL"
-  done
-}
-
-# kill_all PID...: SIGTERM every live PID, wait up to STOP_TIMEOUT_S, then
-# SIGKILL the survivors (and wait up to 2 s for them).
-kill_all() {
-  local pid targets=()
-  for pid in "$@"; do
-    if pid_alive "$pid" && kill -TERM "$pid" 2>/dev/null; then targets+=("$pid"); fi
-  done
-  ((${#targets[@]} > 0)) || return 0
-  wait_gone "$STOP_TIMEOUT_S" "${targets[@]}" && return 0
-  printf '%s: note: %d process(es) ignored SIGTERM for %d s, sending SIGKILL\n' "$PROG" "${#LEFT[@]}" "$STOP_TIMEOUT_S" >&2
-  kill -KILL "${LEFT[@]}" 2>/dev/null || true
-  wait_gone 2 "${LEFT[@]}" || true
 }
 
 # forget_pid PID: drop a reaped PID from STARTED, so that teardown never

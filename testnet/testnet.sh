@@ -252,15 +252,6 @@ need() {
   done
 }
 
-# pid_alive PID: the process exists and is not a zombie.
-pid_alive() {
-  local stat
-  [[ $1 =~ ^[0-9]+$ ]] || return 1
-  read -r stat 2>/dev/null <"/proc/$1/stat" || return 1
-  stat=${stat##*) } # drop "pid (comm) " — comm may contain spaces
-  [[ ${stat:0:1} != Z ]]
-}
-
 # is_kadrtc_node PID: the live process is a `kadrtc node` (guards against
 # killing an unrelated process that reused a recorded PID).
 is_kadrtc_node() {
