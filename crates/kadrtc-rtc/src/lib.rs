@@ -72,10 +72,11 @@ pub const SIDE_CHANNEL_QUEUE: usize = 64;
 /// How long [`PeerConnection::open_side_channel`] waits for the remote to open the channel.
 pub const SIDE_CHANNEL_OPEN_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// Attempts [`PeerConnection::open_side_channel`] makes when a channel closes before it
-/// opens, [`SIDE_CHANNEL_RETRY_DELAY`] apart.
-const SIDE_CHANNEL_OPEN_ATTEMPTS: u32 = 3;
-const SIDE_CHANNEL_RETRY_DELAY: Duration = Duration::from_millis(50);
+/// First wait before [`PeerConnection::open_side_channel`] tries again after a channel closed
+/// before it opened; it doubles up to [`SIDE_CHANNEL_RETRY_MAX`], within
+/// [`SIDE_CHANNEL_OPEN_TIMEOUT`].
+const SIDE_CHANNEL_RETRY_INITIAL: Duration = Duration::from_millis(50);
+const SIDE_CHANNEL_RETRY_MAX: Duration = Duration::from_secs(1);
 
 /// Bytes a channel may have handed to SCTP but not yet had acknowledged before
 /// [`Channel::send`] waits (send backpressure). 1 MiB matches the SCTP receive window.
@@ -596,7 +597,8 @@ impl PeerConnection {
             )));
         }
         let deadline = tokio::time::Instant::now() + SIDE_CHANNEL_OPEN_TIMEOUT;
-        for attempt in 1..=SIDE_CHANNEL_OPEN_ATTEMPTS {
+        let mut retry_in = SIDE_CHANNEL_RETRY_INITIAL;
+        for attempt in 1.. {
             let slot =
                 SideSlot::take(&self.local_side_channels).ok_or(RtcError::TooManySideChannels)?;
             let channel = self
@@ -614,11 +616,14 @@ impl PeerConnection {
             match tokio::time::timeout_at(deadline, open_rx).await {
                 Ok(Ok(side)) => return Ok(side),
                 // Closed before it opened: webrtc-rs may hand out the stream id of a channel
-                // whose reset (RFC 8831 §6.7) has not finished, and the remote refuses it.
-                Ok(Err(_)) => {
+                // whose reset (RFC 8831 §6.7) has not finished, and the remote refuses it. On
+                // a loaded machine that lasts longer than a few short tries.
+                Ok(Err(_)) if tokio::time::Instant::now() + retry_in < deadline => {
                     tracing::debug!(attempt, %label, "side channel closed before it opened");
-                    tokio::time::sleep(SIDE_CHANNEL_RETRY_DELAY).await;
+                    tokio::time::sleep(retry_in).await;
+                    retry_in = (retry_in * 2).min(SIDE_CHANNEL_RETRY_MAX);
                 }
+                Ok(Err(_)) => break,
                 Err(_) => {
                     // Its pump, and slot, end with the channel.
                     if let Err(error) = channel.close().await {
