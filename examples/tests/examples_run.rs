@@ -124,6 +124,22 @@ fn testnet_node() -> (Running, String) {
     (node, addr)
 }
 
+/// `kadrtc join ROOM --json` on loopback, bootstrapped from `addr`.
+fn kadrtc_join(room: &str, addr: &str) -> Running {
+    Running::start(
+        binary("kadrtc"),
+        &[
+            "join",
+            room,
+            "--listen",
+            "/ip4/127.0.0.1/tcp/0",
+            "--bootstrap",
+            addr,
+            "--json",
+        ],
+    )
+}
+
 fn unique(label: &str) -> String {
     format!("{label}-{}-{}", std::process::id(), rand_suffix())
 }
@@ -144,18 +160,7 @@ fn echo_example_sends_every_message_back() {
         let rest = line.strip_prefix("echo ")?;
         Some(rest.strip_suffix(" ready")?.to_string())
     });
-    let mut join = Running::start(
-        binary("kadrtc"),
-        &[
-            "join",
-            &room,
-            "--listen",
-            "/ip4/127.0.0.1/tcp/0",
-            "--bootstrap",
-            &addr,
-            "--json",
-        ],
-    );
+    let mut join = kadrtc_join(&room, &addr);
     join.wait_for("the channel to echo", |line| {
         let event = json(line)?;
         (event["event"] == "channel_open" && event["peer_id"] == echo_id.as_str()).then_some(())
@@ -209,18 +214,7 @@ fn chat_example_prints_what_members_send_and_sends_its_stdin_lines() {
     let (_node, addr) = testnet_node();
     let room = unique("chat");
     let mut chat = Running::start(binary("examples/chat"), &[&room, &addr]);
-    let mut join = Running::start(
-        binary("kadrtc"),
-        &[
-            "join",
-            &room,
-            "--listen",
-            "/ip4/127.0.0.1/tcp/0",
-            "--bootstrap",
-            &addr,
-            "--json",
-        ],
-    );
+    let mut join = kadrtc_join(&room, &addr);
     let join_id = join.wait_for("the joiner's ready event", |line| {
         let event = json(line)?;
         (event["event"] == "ready").then(|| event["peer_id"].as_str().map(str::to_string))?

@@ -23,7 +23,8 @@ pub const NOT_RECEIVING: &str = "not receiving files (the receiver runs kadrtc r
 /// How often `--json` prints a progress event per transfer.
 const JSON_PROGRESS_INTERVAL: Duration = Duration::from_millis(500);
 
-type Finishing = Pin<Box<dyn Future<Output = (String, Result<FileReceipt, FileError>)> + Send>>;
+/// A receiving transfer, refreshing its view until it ends.
+type Finishing = Pin<Box<dyn Future<Output = (View, Result<FileReceipt, FileError>)>>>;
 
 pub async fn run_send(mut args: SendArgs, out: &Output) -> anyhow::Result<()> {
     // Fail before joining when a file cannot be read.
@@ -177,10 +178,8 @@ pub async fn run_recv(mut args: RecvArgs, out: &Output) -> anyhow::Result<()> {
     let shutdown = shutdown_signal();
     tokio::pin!(shutdown);
     let mut running: FuturesUnordered<Finishing> = FuturesUnordered::new();
-    let mut views: Vec<(String, View)> = Vec::new();
     let mut senders: Vec<PeerId> = Vec::new();
     let mut failures = 0usize;
-    let mut ticker = tokio::time::interval(Duration::from_millis(100));
     loop {
         tokio::select! {
             event = room.next_event() => match event {
@@ -193,9 +192,11 @@ pub async fn run_recv(mut args: RecvArgs, out: &Output) -> anyhow::Result<()> {
                         Ok(transfer) => {
                             senders.retain(|p| *p != peer);
                             senders.push(peer);
-                            let key = transfer_key(peer, &name);
-                            views.push((key.clone(), progress.start("recv", &transfer)));
-                            running.push(Box::pin(async move { (key, transfer.finish().await) }));
+                            let view = progress.start("recv", &transfer);
+                            running.push(Box::pin(async move {
+                                let outcome = view.until_finished(transfer).await;
+                                (view, outcome)
+                            }));
                         }
                         Err(error) => {
                             failures += 1;
@@ -215,27 +216,22 @@ pub async fn run_recv(mut args: RecvArgs, out: &Output) -> anyhow::Result<()> {
                 Some(event) => progress.out.room_event(&event),
                 None => break,
             },
-            Some((key, outcome)) = running.next() => {
-                if let Some(index) = views.iter().position(|(k, _)| *k == key) {
-                    let (_, view) = views.swap_remove(index);
-                    match outcome {
-                        Ok(receipt) => view.done("file_received", &receipt),
-                        Err(error) => {
-                            failures += 1;
-                            view.abandon();
-                            progress.out.error(&format!("receiving {key} failed: {error}"));
-                        }
+            Some((view, outcome)) = running.next() => {
+                match outcome {
+                    Ok(receipt) => view.done("file_received", &receipt),
+                    Err(error) => {
+                        failures += 1;
+                        view.abandon();
+                        progress.out.error(&format!(
+                            "receiving {} from {} failed: {error}",
+                            view.name, view.peer
+                        ));
                     }
                 }
                 // --once: the transfer ends when its sender has left and nothing runs.
                 let sender_gone = senders.iter().all(|p| !room.connected_peers().contains(p));
                 if args.once && running.is_empty() && sender_gone {
                     break;
-                }
-            }
-            _ = ticker.tick(), if !views.is_empty() => {
-                for (_, view) in &views {
-                    view.refresh();
                 }
             }
             result = &mut shutdown => {
@@ -247,10 +243,6 @@ pub async fn run_recv(mut args: RecvArgs, out: &Output) -> anyhow::Result<()> {
     room.leave().await;
     anyhow::ensure!(failures == 0, "{failures} file(s) not received");
     Ok(())
-}
-
-fn transfer_key(peer: PeerId, name: &str) -> String {
-    format!("{name} from {peer}")
 }
 
 /// How transfers are shown: bars on a terminal, events with `--json`, lines otherwise.
@@ -334,6 +326,18 @@ impl<'a> Progress<'a> {
 }
 
 impl View {
+    /// The transfer's outcome, refreshing this view until then.
+    async fn until_finished(&self, transfer: FileTransfer) -> Result<FileReceipt, FileError> {
+        let finishing = transfer.finish();
+        tokio::pin!(finishing);
+        loop {
+            tokio::select! {
+                outcome = &mut finishing => return outcome,
+                () = self.tick() => {}
+            }
+        }
+    }
+
     /// Resolves after the next refresh interval, having refreshed the view.
     async fn tick(&self) {
         tokio::time::sleep(Duration::from_millis(100)).await;

@@ -28,7 +28,7 @@ impl Output {
         let stun = node.stun_addr().map(|addr| addr.to_string());
         let relay = node.relay_addr().map(|addr| addr.to_string());
         if self.json {
-            self.line(json!({
+            self.json(json!({
                 "event": "ready",
                 "peer_id": node.peer_id().to_string(),
                 "listen": listen,
@@ -53,7 +53,7 @@ impl Output {
     pub fn room_created(&self, room: &str, link: &str) {
         let command = format!("kadrtc join {link}");
         if self.json {
-            self.line(
+            self.json(
                 json!({"event": "room_created", "room": room, "link": link, "command": command}),
             );
         } else {
@@ -77,7 +77,7 @@ impl Output {
                     Discovery::Gossipsub => "gossipsub",
                 };
                 if self.json {
-                    self.line(json!({"event": "peer_discovered", "peer_id": peer.to_string(), "via": via}));
+                    self.json(json!({"event": "peer_discovered", "peer_id": peer.to_string(), "via": via}));
                 } else {
                     self.text(&format!("* discovered {peer} via {via}"));
                 }
@@ -93,7 +93,7 @@ impl Output {
                     None => (None, None),
                 };
                 if self.json {
-                    self.line(json!({
+                    self.json(json!({
                         "event": "channel_open",
                         "peer_id": peer.to_string(),
                         "elapsed_ms": elapsed_ms,
@@ -116,7 +116,7 @@ impl Output {
             RoomEvent::Message { peer, data } => {
                 let text = String::from_utf8_lossy(data);
                 if self.json {
-                    self.line(
+                    self.json(
                         json!({"event": "message", "peer_id": peer.to_string(), "text": text}),
                     );
                 } else {
@@ -125,7 +125,7 @@ impl Output {
             }
             RoomEvent::PeerLeft { peer } => {
                 if self.json {
-                    self.line(json!({"event": "peer_left", "peer_id": peer.to_string()}));
+                    self.json(json!({"event": "peer_left", "peer_id": peer.to_string()}));
                 } else {
                     self.text(&format!("* {peer} left"));
                 }
@@ -146,7 +146,7 @@ impl Output {
                     None => error.to_string(),
                 };
                 if self.json {
-                    self.line(json!({
+                    self.json(json!({
                         "event": "error",
                         "kind": kind,
                         "peer_id": peer.map(|p| p.to_string()),
@@ -163,7 +163,7 @@ impl Output {
     /// A file offered to a command that does not take files.
     pub fn file_refused(&self, peer: PeerId, name: &str, reason: &str) {
         if self.json {
-            self.line(json!({
+            self.json(json!({
                 "event": "file_refused",
                 "peer_id": peer.to_string(),
                 "file": name,
@@ -189,7 +189,7 @@ impl Output {
                     })
                 })
                 .collect();
-            self.line(json!({"event": "peers", "peers": list}));
+            self.json(json!({"event": "peers", "peers": list}));
             return;
         }
         self.text(&format!("* {} peer(s) with an open channel", peers.len()));
@@ -214,7 +214,7 @@ impl Output {
     pub fn ping(&self, peer: PeerId, rtt: Duration) {
         let rtt_ms = rtt.as_secs_f64() * 1000.0;
         if self.json {
-            self.line(json!({"event": "ping", "peer_id": peer.to_string(), "rtt_ms": rtt_ms}));
+            self.json(json!({"event": "ping", "peer_id": peer.to_string(), "rtt_ms": rtt_ms}));
         } else {
             self.text(&format!("* ping {peer}: {rtt_ms:.1} ms"));
         }
@@ -223,7 +223,7 @@ impl Output {
     /// An error event in JSON mode; text mode leaves errors to stderr.
     pub fn error(&self, message: &str) {
         if self.json {
-            self.line(json!({"event": "error", "message": message}));
+            self.json(json!({"event": "error", "message": message}));
         } else {
             eprintln!("kadrtc: {message}");
         }
@@ -234,11 +234,6 @@ impl Output {
         self.json
     }
 
-    /// One JSON event line (only with `--json`).
-    pub fn json(&self, value: Value) {
-        self.line(value);
-    }
-
     /// A line for people on stdout in text mode (`* text`); nothing with `--json`.
     pub fn note(&self, text: &str) {
         if !self.json {
@@ -246,7 +241,8 @@ impl Output {
         }
     }
 
-    fn line(&self, value: Value) {
+    /// One JSON event line (call only with `--json`).
+    pub fn json(&self, value: Value) {
         self.text(&value.to_string());
     }
 

@@ -170,20 +170,7 @@ fn second_node_on_an_identity_in_use_fails_naming_the_holder_and_starts_once_it_
     assert_eq!(id_json(&home, &data)["peer_id"], first_id.as_str());
 
     // --ephemeral runs beside it, as another peer.
-    let mut ephemeral = Proc::spawn_with_env(
-        "in-use-ephemeral",
-        &[
-            "node",
-            "--ephemeral",
-            "--listen",
-            "/ip4/127.0.0.1/tcp/0",
-            "--stun-port",
-            "0",
-            "--no-mdns",
-            "--json",
-        ],
-        &data_env,
-    );
+    let mut ephemeral = Proc::node_with_env("in-use-ephemeral", None, &data_env);
     assert_ne!(ephemeral.ready().0, first_id);
 
     drop(first);

@@ -10,17 +10,7 @@ use support::{network, room_name, test_dir, Proc};
 
 /// `kadrtc send|recv ROOM ...` on loopback, bootstrapped from `bootstrap`, with `--json`.
 fn files_proc(name: &str, verb: &str, room: &str, bootstrap: &str, extra: &[&str]) -> Proc {
-    let mut args = vec![
-        verb,
-        room,
-        "--listen",
-        "/ip4/127.0.0.1/tcp/0",
-        "--bootstrap",
-        bootstrap,
-        "--json",
-    ];
-    args.extend_from_slice(extra);
-    Proc::spawn(name, &args)
+    Proc::in_room(name, verb, room, bootstrap, extra, &[])
 }
 
 /// A file of `len` pseudo-random bytes.

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use kadrtc_rtc::{CandidatePair, PeerConnection, RtcError};
 use libp2p::PeerId;
 
-use crate::file::{self, FileError, FileSend};
+use crate::file::{self, FileError, FileTransfer};
 use crate::room::SendError;
 
 /// Largest application message [`Channel::send`] and [`crate::Room::send`] accept, in
@@ -110,8 +110,8 @@ impl Channel {
     /// # Errors
     ///
     /// [`FileError::Io`] when the file cannot be opened; [`FileError::Rtc`] when its data
-    /// channel cannot be opened. Later failures come from [`FileSend::finish`].
-    pub async fn send_file(&self, path: impl AsRef<Path>) -> Result<FileSend, FileError> {
+    /// channel cannot be opened. Later failures come from [`FileTransfer::finish`].
+    pub async fn send_file(&self, path: impl AsRef<Path>) -> Result<FileTransfer, FileError> {
         file::send(self, path.as_ref()).await
     }
 }

@@ -119,7 +119,7 @@ pub enum FileError {
         source: std::io::Error,
     },
     /// The file channel could not be opened or written to.
-    #[error("file channel: {0}")]
+    #[error("the file's data channel failed")]
     Rtc(#[source] RtcError),
     /// The receiver refused the file.
     #[error("the receiver refused the file: {0}")]
@@ -177,9 +177,6 @@ pub struct FileTransfer {
     progress: watch::Receiver<Progress>,
     task: Option<JoinHandle<Result<FileReceipt, FileError>>>,
 }
-
-/// The sending side of a transfer, from [`Channel::send_file`].
-pub type FileSend = FileTransfer;
 
 impl FileTransfer {
     /// The file's name.
@@ -432,12 +429,10 @@ impl Send {
             size: self.size,
             partial: None,
         };
-        match next_control(&mut side, DECISION_TIMEOUT).await {
-            Ok(Control::Accept) => {}
-            Ok(Control::Reject { reason }) => return Err(FileError::Refused(reason)),
-            Ok(other) => return Err(unexpected(&other)),
-            Err(FileError::PeerGone { .. }) => return Err(gone(0)),
-            Err(error) => return Err(error),
+        match next_control(&mut side, DECISION_TIMEOUT, || gone(0)).await? {
+            Control::Accept => {}
+            Control::Reject { reason } => return Err(FileError::Refused(reason)),
+            other => return Err(unexpected(&other)),
         }
         let mut hasher = Sha256::new();
         let mut buffer = vec![0; CHUNK_SIZE + 1];
@@ -487,13 +482,11 @@ impl Send {
             .await
             .map_err(|_| gone(sent))?;
         loop {
-            match next_control(&mut side, STALL_TIMEOUT).await {
-                Ok(Control::Received { .. }) => {}
-                Ok(Control::Confirmed) => break,
-                Ok(Control::Failed { reason }) => return Err(FileError::Failed(reason)),
-                Ok(other) => return Err(unexpected(&other)),
-                Err(FileError::PeerGone { .. }) => return Err(gone(sent)),
-                Err(error) => return Err(error),
+            match next_control(&mut side, STALL_TIMEOUT, || gone(sent)).await? {
+                Control::Received { .. } => {}
+                Control::Confirmed => break,
+                Control::Failed { reason } => return Err(FileError::Failed(reason)),
+                other => return Err(unexpected(&other)),
             }
         }
         Ok(FileReceipt {
@@ -737,18 +730,18 @@ async fn reply(side: &SideChannel, control: &Control) -> Result<(), FileError> {
     side.send(&message).await.map_err(FileError::Rtc)
 }
 
-/// The next control message, waiting at most `timeout`.
-async fn next_control(side: &mut SideChannel, timeout: Duration) -> Result<Control, FileError> {
+/// The next control message, waiting at most `timeout`; `gone()` when the channel closed.
+async fn next_control(
+    side: &mut SideChannel,
+    timeout: Duration,
+    gone: impl FnOnce() -> FileError,
+) -> Result<Control, FileError> {
     match tokio::time::timeout(timeout, side.recv()).await {
         Ok(Some(message)) => match decode(&message)? {
             Message::Control(control) => Ok(control),
             Message::Data(_) => Err(FileError::Protocol("unexpected file bytes".into())),
         },
-        Ok(None) => Err(FileError::PeerGone {
-            bytes: 0,
-            size: 0,
-            partial: None,
-        }),
+        Ok(None) => Err(gone()),
         Err(_) => Err(FileError::Stalled),
     }
 }

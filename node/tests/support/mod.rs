@@ -78,6 +78,11 @@ impl Proc {
     }
 
     pub fn node(name: &str, bootstrap: Option<&str>) -> Self {
+        Self::node_with_env(name, bootstrap, &[])
+    }
+
+    /// `kadrtc node --ephemeral` on loopback with extra environment variables.
+    pub fn node_with_env(name: &str, bootstrap: Option<&str>, env: &[(&str, &str)]) -> Self {
         // Tests run in parallel: each node answers STUN on a free port.
         let mut args = vec![
             "node",
@@ -92,7 +97,7 @@ impl Proc {
         if let Some(b) = bootstrap {
             args.extend(["--bootstrap", b]);
         }
-        Self::spawn(name, &args)
+        Self::spawn_with_env(name, &args, env)
     }
 
     pub fn join(name: &str, room: &str, bootstrap: &str) -> Self {
@@ -107,8 +112,21 @@ impl Proc {
         extra: &[&str],
         env: &[(&str, &str)],
     ) -> Self {
+        Self::in_room(name, "join", room, bootstrap, extra, env)
+    }
+
+    /// `kadrtc VERB ROOM` (`join`, `send`, `recv`) on loopback, bootstrapped from
+    /// `bootstrap`, with `--json`, extra arguments and environment variables.
+    pub fn in_room(
+        name: &str,
+        verb: &str,
+        room: &str,
+        bootstrap: &str,
+        extra: &[&str],
+        env: &[(&str, &str)],
+    ) -> Self {
         let mut args = vec![
-            "join",
+            verb,
             room,
             "--listen",
             "/ip4/127.0.0.1/tcp/0",
