@@ -13,6 +13,17 @@ fn files_proc(name: &str, verb: &str, room: &str, bootstrap: &str, extra: &[&str
     Proc::in_room(name, verb, room, bootstrap, extra, &[])
 }
 
+/// `kadrtc recv ROOM --out OUT --once`, named "recv".
+fn recv_once(room: &str, bootstrap: &str, out: &Path) -> Proc {
+    files_proc(
+        "recv",
+        "recv",
+        room,
+        bootstrap,
+        &["--out", path_str(out), "--once"],
+    )
+}
+
 /// A file of `len` pseudo-random bytes.
 fn write_file(path: &Path, len: usize) -> Vec<u8> {
     let mut state = 0x2545_f491_4f6c_dd1d_u64;
@@ -49,13 +60,7 @@ fn send_delivers_every_file_confirmed_and_recv_once_exits_when_the_sender_is_don
     std::fs::write(&second, b"a small one\n").unwrap();
     let out = dir.join("out");
 
-    let mut recv = files_proc(
-        "recv",
-        "recv",
-        &room,
-        &addrs[0],
-        &["--out", path_str(&out), "--once"],
-    );
+    let mut recv = recv_once(&room, &addrs[0], &out);
     recv.ready();
     let mut send = files_proc(
         "send",
@@ -99,13 +104,7 @@ fn an_existing_file_is_not_overwritten_and_send_exits_non_zero() {
     std::fs::create_dir_all(&out).unwrap();
     std::fs::write(out.join("report.txt"), b"old text").unwrap();
 
-    let mut recv = files_proc(
-        "recv",
-        "recv",
-        &room,
-        &addrs[0],
-        &["--out", path_str(&out), "--once"],
-    );
+    let mut recv = recv_once(&room, &addrs[0], &out);
     recv.ready();
     let mut send = files_proc("send", "send", &room, &addrs[0], &[path_str(&source)]);
     let status = send.wait_exit("the refusal");
@@ -142,13 +141,7 @@ fn send_passes_over_a_member_that_does_not_receive_files_and_finds_the_receiver(
     assert_eq!(refused["peer_id"], send_id.as_str());
     assert_eq!(refused["file"], "for-recv.txt");
     // Then a receiver comes: send goes on to it by itself.
-    let mut recv = files_proc(
-        "recv",
-        "recv",
-        &room,
-        &addrs[0],
-        &["--out", path_str(&out), "--once"],
-    );
+    let mut recv = recv_once(&room, &addrs[0], &out);
     let (recv_id, _) = recv.ready();
     let sent = send.wait_event("file_sent");
     assert_eq!(sent["peer_id"], recv_id.as_str(), "{sent}");
@@ -169,13 +162,7 @@ fn a_sender_killed_mid_transfer_leaves_only_a_part_file_and_recv_reports_it() {
     write_file(&source, 64 * 1024 * 1024);
     let out = dir.join("out");
 
-    let mut recv = files_proc(
-        "recv",
-        "recv",
-        &room,
-        &addrs[0],
-        &["--out", path_str(&out), "--once"],
-    );
+    let mut recv = recv_once(&room, &addrs[0], &out);
     recv.ready();
     let mut send = files_proc("send", "send", &room, &addrs[0], &[path_str(&source)]);
     // Progress events come every 0.5 s: the transfer is under way.
