@@ -283,9 +283,13 @@ pub struct PeerConnection {
     local_side_channels: Arc<AtomicUsize>,
     /// Side channels the remote opened, open now (shared with the event handler).
     remote_side_channels: Arc<AtomicUsize>,
+    /// Side channels this side opened and [released](SideChannel::release), open and idle.
+    idle_side_channels: IdleSideChannels,
     /// See [`RtcConfig::ordered`].
     ordered: bool,
 }
+
+type IdleSideChannels = Arc<std::sync::Mutex<Vec<SideChannel>>>;
 
 /// An open data channel. Cheap to clone; sends from clones interleave message by message.
 #[derive(Clone)]
@@ -294,11 +298,14 @@ pub struct Channel {
 }
 
 /// An open side channel: a [`Channel`] to send on, and its own queue of received messages
-/// (at most [`SIDE_CHANNEL_QUEUE`]). Dropping it closes the channel.
+/// (at most [`SIDE_CHANNEL_QUEUE`]). Dropping it closes the channel;
+/// [`SideChannel::release`] keeps it open for the next [`PeerConnection::open_side_channel`].
 pub struct SideChannel {
     label: String,
     channel: Channel,
     messages: mpsc::Receiver<Vec<u8>>,
+    /// Where [`SideChannel::release`] puts it: set on side channels this side opened.
+    idle: Option<Weak<std::sync::Mutex<Vec<SideChannel>>>>,
 }
 
 /// Counts one open side channel; the count drops with it.
@@ -435,6 +442,7 @@ impl PeerConnection {
             channel_taken,
             local_side_channels: Arc::new(AtomicUsize::new(0)),
             remote_side_channels,
+            idle_side_channels: IdleSideChannels::default(),
             watch: Arc::new(move |channel| {
                 tokio::spawn(pump_channel(
                     channel,
@@ -584,6 +592,10 @@ impl PeerConnection {
     /// [`SIDE_LABEL_PREFIX`]) on this connected peer connection and waits until it is open
     /// (RFC 8832's DCEP handshake), at most [`SIDE_CHANNEL_OPEN_TIMEOUT`].
     ///
+    /// A side channel of the same label that this side [released](SideChannel::release)
+    /// and that is still open is returned instead of a new one: the remote must expect a
+    /// channel to be used again once whatever it carried ended.
+    ///
     /// # Errors
     ///
     /// [`RtcError::TooManySideChannels`] over [`MAX_SIDE_CHANNELS`];
@@ -596,11 +608,30 @@ impl PeerConnection {
                 "side channel labels start with {SIDE_LABEL_PREFIX:?}; {label:?} does not"
             )));
         }
+        if let Some(side) = self.take_idle_side_channel(label) {
+            return Ok(side);
+        }
         let deadline = tokio::time::Instant::now() + SIDE_CHANNEL_OPEN_TIMEOUT;
         let mut retry_in = SIDE_CHANNEL_RETRY_INITIAL;
         for attempt in 1.. {
-            let slot =
-                SideSlot::take(&self.local_side_channels).ok_or(RtcError::TooManySideChannels)?;
+            let slot = match SideSlot::take(&self.local_side_channels) {
+                Some(slot) => slot,
+                None => {
+                    // Idle channels of other labels hold slots: one is closed to make room,
+                    // and its pump frees the slot once the close is reported.
+                    let evicted = lock(&self.idle_side_channels).pop();
+                    let Some(evicted) = evicted else {
+                        return Err(RtcError::TooManySideChannels);
+                    };
+                    drop(evicted);
+                    tokio::time::sleep(retry_in).await;
+                    retry_in = (retry_in * 2).min(SIDE_CHANNEL_RETRY_MAX);
+                    if tokio::time::Instant::now() >= deadline {
+                        break;
+                    }
+                    continue;
+                }
+            };
             let channel = self
                 .inner
                 .create_data_channel(label, Some(RTCDataChannelInit::default()))
@@ -611,7 +642,7 @@ impl PeerConnection {
                 channel.clone(),
                 label.to_string(),
                 slot,
-                SideOpen::Reply(open_tx),
+                SideOpen::Reply(open_tx, Arc::downgrade(&self.idle_side_channels)),
             ));
             match tokio::time::timeout_at(deadline, open_rx).await {
                 Ok(Ok(side)) => return Ok(side),
@@ -636,7 +667,17 @@ impl PeerConnection {
         Err(RtcError::SideChannelNotOpen)
     }
 
-    /// Side channels open on this connection now, opened by either side.
+    /// A released side channel labelled `label` that is still open, if any.
+    fn take_idle_side_channel(&self, label: &str) -> Option<SideChannel> {
+        let mut idle = lock(&self.idle_side_channels);
+        // Channels the remote closed meanwhile are dropped here.
+        idle.retain(|side| !side.messages.is_closed());
+        let position = idle.iter().position(|side| side.label == label)?;
+        Some(idle.swap_remove(position))
+    }
+
+    /// Side channels open on this connection now, opened by either side (released ones
+    /// included).
     pub fn side_channels_open(&self) -> usize {
         self.local_side_channels.load(Ordering::Acquire)
             + self.remote_side_channels.load(Ordering::Acquire)
@@ -762,6 +803,37 @@ impl SideChannel {
     pub async fn send(&self, data: &[u8]) -> Result<(), RtcError> {
         self.channel.send(data).await
     }
+}
+
+impl SideChannel {
+    /// Keeps this side channel open for the next [`PeerConnection::open_side_channel`] with
+    /// its label, instead of closing it; it still counts against [`MAX_SIDE_CHANNELS`].
+    /// A side channel the remote opened, or whose connection is gone, is closed instead.
+    ///
+    /// Closing a channel and opening the next one at once is what webrtc-rs 0.21 (rtc and
+    /// rtc-sctp 0.21.1) cannot do reliably: the new channel takes the SCTP stream id just
+    /// freed, and the resets that close the old stream (RFC 8831 §6.7) may arrive after it
+    /// and close the new one. Releasing avoids the close.
+    ///
+    /// Messages still queued are discarded: release a channel only once what it carried
+    /// ended on both sides.
+    pub fn release(mut self) {
+        let Some(idle) = self.idle.as_ref().and_then(Weak::upgrade) else {
+            return;
+        };
+        if self.messages.is_closed() {
+            return;
+        }
+        while self.messages.try_recv().is_ok() {}
+        lock(&idle).push(self);
+    }
+}
+
+/// Locks `mutex`, whether or not a holder panicked (what it guards stays consistent).
+fn lock<T>(mutex: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 impl Drop for SideChannel {
@@ -923,8 +995,12 @@ async fn wake_until_open(
 
 /// Where a side channel goes once open.
 enum SideOpen<T> {
-    /// To the caller of [`PeerConnection::open_side_channel`].
-    Reply(tokio::sync::oneshot::Sender<SideChannel>),
+    /// To the caller of [`PeerConnection::open_side_channel`], releasable into the
+    /// connection's idle side channels.
+    Reply(
+        tokio::sync::oneshot::Sender<SideChannel>,
+        Weak<std::sync::Mutex<Vec<SideChannel>>>,
+    ),
     /// As an [`RtcEvent::SideChannelOpen`] tagged `T`.
     Event(T, mpsc::Sender<(T, RtcEvent)>),
 }
@@ -945,15 +1021,19 @@ async fn pump_side_channel<T>(
                 let Some((open, messages)) = pending.take() else {
                     continue;
                 };
-                let side = SideChannel {
+                let mut side = SideChannel {
                     label: label.clone(),
                     channel: Channel {
                         inner: channel.clone(),
                     },
                     messages,
+                    idle: None,
                 };
                 let delivered = match open {
-                    SideOpen::Reply(reply) => reply.send(side).is_ok(),
+                    SideOpen::Reply(reply, idle) => {
+                        side.idle = Some(idle);
+                        reply.send(side).is_ok()
+                    }
                     SideOpen::Event(tag, events) => events
                         .send((tag, RtcEvent::SideChannelOpen(side)))
                         .await

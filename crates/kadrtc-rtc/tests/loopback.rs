@@ -178,3 +178,50 @@ async fn either_side_opens_side_channels_with_their_own_messages_up_to_the_limit
     offerer.close().await;
     answerer.close().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_released_side_channel_is_used_again_and_the_remote_keeps_reading_it() {
+    let (offerer, answerer, mut rx) = connected_pair().await;
+
+    let mine = offerer.open_side_channel("kadrtc-file").await.unwrap();
+    let mut theirs = next_side_channel(&mut rx, 'b').await;
+    mine.send(b"first").await.unwrap();
+    assert_eq!(theirs.recv().await.unwrap(), b"first");
+    mine.release();
+    assert_eq!(offerer.side_channels_open(), 1, "released, still open");
+
+    // Several rounds of release and open: each is the same channel, never a new one (a
+    // new one would be reported to the answerer as SideChannelOpen).
+    for round in 0..20u8 {
+        let mut again = offerer.open_side_channel("kadrtc-file").await.unwrap();
+        again.send(&[round]).await.unwrap();
+        assert_eq!(theirs.recv().await.unwrap(), [round]);
+        theirs.send(&[round]).await.unwrap();
+        assert_eq!(again.recv().await.unwrap(), [round]);
+        again.release();
+    }
+    assert_eq!(offerer.side_channels_open(), 1);
+    while let Ok((_, event)) = rx.try_recv() {
+        assert!(
+            !matches!(event, RtcEvent::SideChannelOpen(_)),
+            "no new side channel was opened"
+        );
+    }
+
+    // A released channel the remote closed is not handed out again: a new one opens.
+    drop(theirs);
+    timeout(Duration::from_secs(10), async {
+        while offerer.side_channels_open() > 0 {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await
+    .expect("the remote's close is seen within the deadline");
+    let fresh = offerer.open_side_channel("kadrtc-file").await.unwrap();
+    let mut fresh_theirs = next_side_channel(&mut rx, 'b').await;
+    fresh.send(b"new").await.unwrap();
+    assert_eq!(fresh_theirs.recv().await.unwrap(), b"new");
+
+    offerer.close().await;
+    answerer.close().await;
+}

@@ -1,4 +1,5 @@
-//! Files between room members, each on a data channel of its own ([`FILE_LABEL`]).
+//! Files between room members, on data channels of their own ([`FILE_LABEL`]), one file at
+//! a time per channel.
 //!
 //! # Protocol
 //!
@@ -6,8 +7,9 @@
 //! (bincode 2 through serde, at most [`MAX_CONTROL_SIZE`] bytes), `1` for file bytes (at most
 //! [`CHUNK_SIZE`]).
 //!
-//! 1. The sender opens the channel and sends `Offer { name, size }`.
-//! 2. The receiver answers `Accept`, or `Reject { reason }` and closes.
+//! 1. The sender opens the channel, or takes one it used before, and sends
+//!    `Offer { name, size }`.
+//! 2. The receiver answers `Accept`, or `Reject { reason }`.
 //! 3. The sender sends the file's bytes in order. It never has more than [`WINDOW`] bytes
 //!    beyond what the receiver reported written (`Received { bytes }`, every [`ACK_EVERY`]
 //!    bytes): the receiver's memory stays bounded however slow its disk, and the data channel's
@@ -15,6 +17,9 @@
 //! 4. The sender sends `Done { sha256 }`. The receiver checks the byte count and SHA-256
 //!    (FIPS 180-4) of what it wrote, gives `NAME.part` the name `NAME` and answers
 //!    `Confirmed`, or `Failed { reason }` and keeps `NAME.part`.
+//! 5. After `Reject`, `Confirmed` or `Failed`, nothing is in flight: the channel stays open
+//!    for the sender's next `Offer` (see [`OFFER_TIMEOUT`]). A transfer that ends any other
+//!    way closes it.
 //!
 //! The receiver's partial file is created new: `NAME.part`, or `NAME.1.part`, `NAME.2.part`, …
 //! when that exists (another transfer of the same name, or the bytes of a failed one), so no
@@ -56,11 +61,13 @@ pub const MAX_CONTROL_SIZE: usize = 4096;
 pub const MAX_NAME_LEN: usize = 255;
 /// How long either side waits for the other's next message.
 pub const STALL_TIMEOUT: Duration = Duration::from_secs(30);
-/// How long the receiver waits for the sender's `Offer` once the channel is open.
+/// How long the receiver waits for the sender's first `Offer` once the channel is open.
+///
+/// A channel carries one file after another: once a transfer ended with the receiver's last
+/// message (`Reject`, `Confirmed` or `Failed`), the sender keeps it
+/// ([`kadrtc_rtc::SideChannel::release`]) for its next file and the receiver waits for the
+/// next `Offer` on it, for as long as the channel is open.
 const OFFER_TIMEOUT: Duration = Duration::from_secs(10);
-/// How long the side that sent the last message of a transfer waits for the other to close
-/// the channel: webrtc-rs may drop what is still queued on a channel it closes.
-const LINGER: Duration = Duration::from_secs(5);
 /// How long the sender waits for the receiver to accept or refuse.
 pub const DECISION_TIMEOUT: Duration = Duration::from_secs(120);
 
@@ -229,6 +236,8 @@ pub struct IncomingFile {
     name: String,
     size: u64,
     side: Option<SideChannel>,
+    /// Where the channel's next offer goes.
+    events: mpsc::Sender<RoomEvent>,
     offered_at: Instant,
 }
 
@@ -268,7 +277,7 @@ impl IncomingFile {
         };
         if !overwrite && tokio::fs::try_exists(&path).await.unwrap_or(true) {
             let reason = format!("{} exists on the receiver", self.name);
-            tokio::spawn(refuse(side, reason));
+            tokio::spawn(refuse(self.peer, side, reason, self.events.clone()));
             return Err(FileError::Exists(path));
         }
         let (partial, file) = create_part(&path).await.map_err(|source| FileError::Io {
@@ -291,6 +300,7 @@ impl IncomingFile {
             partial,
             overwrite,
             offered_at: self.offered_at,
+            events: self.events.clone(),
         };
         let task = tokio::spawn(receive.run(side, file, progress_tx));
         Ok(FileTransfer {
@@ -306,7 +316,8 @@ impl IncomingFile {
     /// `reason`.
     pub async fn reject(mut self, reason: &str) {
         if let Some(side) = self.side.take() {
-            refuse(side, reason.chars().take(MAX_CONTROL_SIZE / 8).collect()).await;
+            let reason = reason.chars().take(MAX_CONTROL_SIZE / 8).collect();
+            refuse(self.peer, side, reason, self.events.clone()).await;
         }
     }
 }
@@ -315,7 +326,8 @@ impl Drop for IncomingFile {
     fn drop(&mut self) {
         if let Some(side) = self.side.take() {
             if let Ok(runtime) = tokio::runtime::Handle::try_current() {
-                runtime.spawn(refuse(side, "not accepted".into()));
+                let events = self.events.clone();
+                runtime.spawn(refuse(self.peer, side, "not accepted".into(), events));
             }
         }
     }
@@ -379,34 +391,79 @@ pub(crate) async fn send(channel: &Channel, path: &Path) -> Result<FileTransfer,
     })
 }
 
-/// Reads a remote's file offer on a side channel it opened and hands it to the application
-/// as [`RoomEvent::IncomingFile`]; a malformed or missing offer closes the channel.
-pub(crate) async fn offered(peer: PeerId, mut side: SideChannel, events: mpsc::Sender<RoomEvent>) {
-    let message = match tokio::time::timeout(OFFER_TIMEOUT, side.recv()).await {
-        Ok(Some(message)) => message,
-        Ok(None) | Err(_) => return,
-    };
-    let (name, size) = match decode(&message) {
-        Ok(Message::Control(Control::Offer { name, size })) => (name, size),
-        other => {
-            tracing::warn!(%peer, ?other, "file channel without an offer closed");
+/// Reads a remote's file offers on a side channel it opened and hands each to the
+/// application as [`RoomEvent::IncomingFile`]; the channel comes back here when that
+/// transfer ends (see [`OFFER_TIMEOUT`]). A malformed message, or no first offer in time,
+/// closes the channel.
+pub(crate) async fn offered(
+    peer: PeerId,
+    mut side: SideChannel,
+    events: mpsc::Sender<RoomEvent>,
+    first: bool,
+) {
+    loop {
+        let message = if first {
+            tokio::time::timeout(OFFER_TIMEOUT, side.recv())
+                .await
+                .ok()
+                .flatten()
+        } else {
+            side.recv().await
+        };
+        let Some(message) = message else {
             return;
+        };
+        let (name, size) = match decode(&message) {
+            Ok(Message::Control(Control::Offer { name, size })) => (name, size),
+            other => {
+                tracing::warn!(%peer, ?other, "file channel without an offer closed");
+                return;
+            }
+        };
+        if let Err(error) = check_name(&name) {
+            tracing::warn!(%peer, %error, "file offer refused");
+            if reply(
+                &side,
+                &Control::Reject {
+                    reason: error.to_string(),
+                },
+            )
+            .await
+            .is_err()
+            {
+                return;
+            }
+            continue;
         }
-    };
-    if let Err(error) = check_name(&name) {
-        tracing::warn!(%peer, %error, "file offer refused");
-        refuse(side, error.to_string()).await;
+        let incoming = IncomingFile {
+            peer,
+            name,
+            size,
+            side: Some(side),
+            events: events.clone(),
+            offered_at: Instant::now(),
+        };
+        // A room that was left drops the offer, which refuses it.
+        let _ = events.send(RoomEvent::IncomingFile(incoming)).await;
         return;
     }
-    let incoming = IncomingFile {
-        peer,
-        name,
-        size,
-        side: Some(side),
-        offered_at: Instant::now(),
-    };
-    // A room that was left drops the offer, which refuses it.
-    let _ = events.send(RoomEvent::IncomingFile(incoming)).await;
+}
+
+/// The receiver's last message of a transfer; then the channel waits for the next offer.
+async fn last_reply(
+    peer: PeerId,
+    side: SideChannel,
+    control: &Control,
+    events: mpsc::Sender<RoomEvent>,
+) -> Result<(), FileError> {
+    reply(&side, control).await?;
+    tokio::spawn(offered(peer, side, events, false));
+    Ok(())
+}
+
+/// Refuses an offer; the channel waits for the next.
+async fn refuse(peer: PeerId, side: SideChannel, reason: String, events: mpsc::Sender<RoomEvent>) {
+    let _ = last_reply(peer, side, &Control::Reject { reason }, events).await;
 }
 
 struct Send {
@@ -421,17 +478,48 @@ impl Send {
     async fn run(
         self,
         mut side: SideChannel,
-        mut file: tokio::fs::File,
+        file: tokio::fs::File,
         progress: watch::Sender<Progress>,
     ) -> Result<FileReceipt, FileError> {
+        let mut settled = false;
+        let sent = self
+            .transfer(&mut side, file, &progress, &mut settled)
+            .await;
+        if settled {
+            // The receiver's last message came: the channel serves the next file.
+            side.release();
+        }
+        Ok(FileReceipt {
+            peer: self.peer,
+            name: self.name,
+            path: self.path,
+            size: self.size,
+            sha256: sent?,
+            elapsed: self.started.elapsed(),
+        })
+    }
+
+    /// Sends the file once the receiver accepts it; returns its SHA-256 once the receiver
+    /// confirmed it. Sets `settled` when the receiver's last message (`Reject` before any
+    /// byte, `Confirmed` or `Failed` after `Done`) leaves nothing in flight on the channel.
+    async fn transfer(
+        &self,
+        side: &mut SideChannel,
+        mut file: tokio::fs::File,
+        progress: &watch::Sender<Progress>,
+        settled: &mut bool,
+    ) -> Result<[u8; 32], FileError> {
         let gone = |bytes| FileError::PeerGone {
             bytes,
             size: self.size,
             partial: None,
         };
-        match next_control(&mut side, DECISION_TIMEOUT, || gone(0)).await? {
+        match next_control(side, DECISION_TIMEOUT, || gone(0)).await? {
             Control::Accept => {}
-            Control::Reject { reason } => return Err(FileError::Refused(reason)),
+            Control::Reject { reason } => {
+                *settled = true;
+                return Err(FileError::Refused(reason));
+            }
             other => return Err(unexpected(&other)),
         }
         let mut hasher = Sha256::new();
@@ -478,25 +566,22 @@ impl Send {
             });
         }
         let sha256: [u8; 32] = hasher.finalize().into();
-        reply(&side, &Control::Done { sha256 })
+        reply(side, &Control::Done { sha256 })
             .await
             .map_err(|_| gone(sent))?;
         loop {
-            match next_control(&mut side, STALL_TIMEOUT, || gone(sent)).await? {
+            match next_control(side, STALL_TIMEOUT, || gone(sent)).await? {
                 Control::Received { .. } => {}
                 Control::Confirmed => break,
-                Control::Failed { reason } => return Err(FileError::Failed(reason)),
+                Control::Failed { reason } => {
+                    *settled = true;
+                    return Err(FileError::Failed(reason));
+                }
                 other => return Err(unexpected(&other)),
             }
         }
-        Ok(FileReceipt {
-            peer: self.peer,
-            name: self.name,
-            path: self.path,
-            size: self.size,
-            sha256,
-            elapsed: self.started.elapsed(),
-        })
+        *settled = true;
+        Ok(sha256)
     }
 
     /// Applies a receiver message that arrived while sending; returns the bytes it has now
@@ -531,6 +616,7 @@ struct Receive {
     partial: PathBuf,
     overwrite: bool,
     offered_at: Instant,
+    events: mpsc::Sender<RoomEvent>,
 }
 
 impl Receive {
@@ -548,9 +634,9 @@ impl Receive {
             Ok(received) => received,
             Err(error @ FileError::PeerGone { .. }) => return Err(error),
             Err(error) => {
+                // Mid-transfer: file bytes may still be on their way, so the channel closes.
                 let reason = error.to_string();
                 let _ = reply(&side, &Control::Failed { reason }).await;
-                linger(side).await;
                 return Err(error);
             }
         };
@@ -571,21 +657,19 @@ impl Receive {
             Ok(()) => {}
             Err(error) if error.kind() == std::io::ErrorKind::AlreadyExists => {
                 let reason = format!("{} appeared on the receiver meanwhile", self.name);
-                let _ = reply(&side, &Control::Failed { reason }).await;
-                linger(side).await;
+                let _ = self.last_reply(side, &Control::Failed { reason }).await;
                 return Err(FileError::Exists(self.path.clone()));
             }
             Err(source) => {
                 let reason = source.to_string();
-                let _ = reply(&side, &Control::Failed { reason }).await;
+                let _ = self.last_reply(side, &Control::Failed { reason }).await;
                 return Err(FileError::Io {
                     path: self.path.clone(),
                     source,
                 });
             }
         }
-        reply(&side, &Control::Confirmed).await?;
-        linger(side).await;
+        self.last_reply(side, &Control::Confirmed).await?;
         Ok(FileReceipt {
             peer: self.peer,
             name: self.name,
@@ -648,18 +732,18 @@ impl Receive {
     }
 
     async fn fail(&self, side: SideChannel, reason: String) -> Result<FileReceipt, FileError> {
-        let _ = reply(
-            &side,
-            &Control::Failed {
-                reason: reason.clone(),
-            },
-        )
-        .await;
-        linger(side).await;
+        let failed = Control::Failed {
+            reason: reason.clone(),
+        };
+        let _ = self.last_reply(side, &failed).await;
         Err(FileError::Mismatch {
             reason,
             partial: self.partial.clone(),
         })
+    }
+
+    async fn last_reply(&self, side: SideChannel, control: &Control) -> Result<(), FileError> {
+        last_reply(self.peer, side, control, self.events.clone()).await
     }
 
     fn io(&self, source: std::io::Error) -> FileError {
@@ -707,20 +791,6 @@ fn decode(message: &[u8]) -> Result<Message<'_>, FileError> {
         Some((kind, _)) => Err(FileError::Protocol(format!("unknown message kind {kind}"))),
         None => Err(FileError::Protocol("empty message".into())),
     }
-}
-
-/// Refuses an offer and lets the sender close the channel.
-async fn refuse(side: SideChannel, reason: String) {
-    if reply(&side, &Control::Reject { reason }).await.is_ok() {
-        linger(side).await;
-    }
-}
-
-/// Waits (at most [`LINGER`]) for the other side to close the channel after our last
-/// message, which closing it ourselves could drop.
-async fn linger(mut side: SideChannel) {
-    let drained = async { while side.recv().await.is_some() {} };
-    let _ = tokio::time::timeout(LINGER, drained).await;
 }
 
 async fn reply(side: &SideChannel, control: &Control) -> Result<(), FileError> {

@@ -90,8 +90,8 @@
 //!
 //! # Files
 //!
-//! [`Channel::send_file`] sends a file on a data channel of its own, so messages keep flowing
-//! beside it. The receiver gets [`RoomEvent::IncomingFile`] with the name (checked to be a
+//! [`Channel::send_file`] sends a file on a data channel of its own (one file at a time per
+//! channel, used again for the next), so messages keep flowing beside it. The receiver gets [`RoomEvent::IncomingFile`] with the name (checked to be a
 //! plain file name) and size, and calls [`IncomingFile::accept`] with a path (refusing to
 //! overwrite unless asked) or [`IncomingFile::reject`]. Both sides hold a [`FileTransfer`]
 //! whose [`FileTransfer::progress`] reports bytes and whose [`FileTransfer::finish`] returns

@@ -1180,7 +1180,7 @@ impl RoomActor {
     /// A side channel the peer opened on its open channel's connection.
     fn on_side_channel(&self, peer: PeerId, side: kadrtc_rtc::SideChannel) {
         if side.label() == FILE_LABEL {
-            tokio::spawn(file::offered(peer, side, self.events.clone()));
+            tokio::spawn(file::offered(peer, side, self.events.clone(), true));
         } else {
             tracing::debug!(%peer, label = side.label(), "unknown side channel closed");
         }
