@@ -4,6 +4,8 @@
 use std::collections::{HashMap, HashSet};
 use std::net::IpAddr;
 use std::num::NonZeroU32;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use futures::StreamExt;
@@ -12,6 +14,7 @@ use kadrtc_proto::{
     is_presence_key, unix_time_ms, Envelope, EnvelopeError, Sealed, MAILBOX_KEY_PREFIX,
     MAX_ENVELOPE_SIZE,
 };
+use libp2p::core::Transport as _;
 use libp2p::{
     connection_limits::{self, ConnectionLimits},
     gossipsub, identify,
@@ -29,7 +32,7 @@ use crate::ice::{
     MAX_ICE_MESSAGE_SIZE,
 };
 use crate::{
-    Command, DhtConfig, DhtError, QueryStats, RecordsReply, TopicEvent, IDENTIFY_PROTOCOL,
+    Command, DhtConfig, DhtError, QueryStats, RecordsReply, TopicEvent, Traffic, IDENTIFY_PROTOCOL,
     IDLE_CONNECTION_TIMEOUT, INVALID_MESSAGE_WEIGHT, KAD_PROTOCOL, MAX_CONNECTIONS_PER_PEER,
     MAX_INCOMING_CONNECTIONS, MAX_PENDING_INCOMING_CONNECTIONS, MAX_PROVIDERS_PER_GET,
     MAX_PROVIDERS_PER_KEY, MAX_PROVIDER_RECORDS_PER_PUBLISHER_PER_MINUTE, MAX_RECORDS_PER_GET,
@@ -61,6 +64,8 @@ struct Behaviour {
 }
 
 struct EventLoop {
+    /// Shared with the node's handles: see [`crate::Traffic`].
+    traffic: Arc<TrafficCounters>,
     swarm: Swarm<Behaviour>,
     commands: mpsc::Receiver<Command>,
     pending_put: HashMap<kad::QueryId, oneshot::Sender<Result<(), DhtError>>>,
@@ -102,11 +107,40 @@ struct Pending<T> {
     reply: oneshot::Sender<Result<T, DhtError>>,
 }
 
+/// What a node exchanged since it started; read as [`Traffic`].
+#[derive(Debug, Default)]
+pub(crate) struct TrafficCounters {
+    kad_requests_sent: AtomicU64,
+    kad_requests_received: AtomicU64,
+    topic_messages_published: AtomicU64,
+    topic_messages_received: AtomicU64,
+    pings: AtomicU64,
+}
+
+impl TrafficCounters {
+    pub(crate) fn snapshot(&self) -> Traffic {
+        Traffic {
+            kad_requests_sent: self.kad_requests_sent.load(Ordering::Relaxed),
+            kad_requests_received: self.kad_requests_received.load(Ordering::Relaxed),
+            topic_messages_published: self.topic_messages_published.load(Ordering::Relaxed),
+            topic_messages_received: self.topic_messages_received.load(Ordering::Relaxed),
+            pings: self.pings.load(Ordering::Relaxed),
+        }
+    }
+}
+
+impl Traffic {
+    fn add(counter: &AtomicU64, n: u64) {
+        counter.fetch_add(n, Ordering::Relaxed);
+    }
+}
+
 /// Builds the swarm, listens, bootstraps and spawns the loop. Returns the full listen
 /// addresses.
 pub(crate) async fn start(
     config: DhtConfig,
     commands: mpsc::Receiver<Command>,
+    traffic: Arc<TrafficCounters>,
 ) -> Result<Vec<Multiaddr>, DhtError> {
     let mut swarm = build_swarm(&config)?;
     let local = *swarm.local_peer_id();
@@ -246,6 +280,7 @@ pub(crate) async fn start(
         ice_service: config.ice.clone(),
         pending_ice: HashMap::new(),
         peer_ips,
+        traffic,
     };
     tokio::spawn(event_loop.run());
     Ok(addrs)
@@ -329,6 +364,17 @@ fn build_swarm(config: &DhtConfig) -> Result<Swarm<Behaviour>, DhtError> {
             noise::Config::new,
             yamux::Config::default,
         )
+        .map_err(|e| DhtError::Transport(e.to_string()))?
+        // `/memory/N` addresses: whole networks inside one process (tests, the scale
+        // harness of testnet/scale.sh), without a socket per connection.
+        .with_other_transport(|key| {
+            Ok::<_, Box<dyn std::error::Error + Send + Sync>>(
+                libp2p::core::transport::MemoryTransport::default()
+                    .upgrade(libp2p::core::upgrade::Version::V1)
+                    .authenticate(noise::Config::new(key)?)
+                    .multiplex(yamux::Config::default()),
+            )
+        })
         .map_err(|e| DhtError::Transport(e.to_string()))?
         .with_behaviour(|key| {
             let local = key.public().to_peer_id();
@@ -507,7 +553,7 @@ impl EventLoop {
                 let result = behaviour
                     .gossipsub
                     .publish(gossipsub::IdentTopic::new(topic), data)
-                    .map(|_| ())
+                    .map(|_| Traffic::add(&self.traffic.topic_messages_published, 1))
                     .map_err(|e| DhtError::Publish(e.to_string()));
                 let _ = reply.send(result);
             }
@@ -607,6 +653,9 @@ impl EventLoop {
             SwarmEvent::Behaviour(BehaviourEvent::Mdns(event)) => {
                 handle_mdns_event(&mut self.swarm, event)
             }
+            SwarmEvent::Behaviour(BehaviourEvent::Ping(_)) => {
+                Traffic::add(&self.traffic.pings, 1);
+            }
             SwarmEvent::ConnectionEstablished {
                 peer_id, endpoint, ..
             } => {
@@ -633,94 +682,115 @@ impl EventLoop {
 
     fn handle_kad_event(&mut self, event: kad::Event) {
         match event {
-            kad::Event::InboundRequest { request } => self.handle_inbound(request),
+            kad::Event::InboundRequest { request } => {
+                Traffic::add(&self.traffic.kad_requests_received, 1);
+                self.handle_inbound(request)
+            }
             kad::Event::OutboundQueryProgressed {
                 id,
                 result,
                 step,
                 stats,
-            } => match result {
-                kad::QueryResult::PutRecord(result) => {
-                    if let Some(reply) = self.pending_put.remove(&id) {
-                        let _ = reply.send(
-                            result
-                                .map(|_| ())
-                                .map_err(|e| DhtError::Query(e.to_string())),
-                        );
-                    }
+            } => {
+                if step.last {
+                    Traffic::add(
+                        &self.traffic.kad_requests_sent,
+                        u64::from(stats.num_requests()),
+                    );
                 }
-                kad::QueryResult::StartProviding(result) => {
-                    if let Some(reply) = self.pending_providing.remove(&id) {
-                        let _ = reply.send(
-                            result
-                                .map(|_| ())
-                                .map_err(|e| DhtError::Query(e.to_string())),
-                        );
-                    }
-                }
-                kad::QueryResult::GetProviders(result) => {
-                    let local = *self.swarm.local_peer_id();
-                    if let Ok(kad::GetProvidersOk::FoundProviders { providers, .. }) = &result {
-                        for peer in providers.iter().filter(|p| **p != local) {
-                            // Dial while the query still knows the provider's addresses, so
-                            // that room members share gossipsub connections.
-                            if !self.swarm.is_connected(peer) {
-                                if let Err(error) = self.swarm.dial(*peer) {
-                                    tracing::debug!(%peer, %error, "cannot dial provider");
-                                }
-                            }
-                        }
-                        if let Some(Pending { found, .. }) = self.pending_providers.get_mut(&id) {
-                            for peer in providers.iter().filter(|p| **p != local) {
-                                if found.len() < MAX_PROVIDERS_PER_GET && !found.contains(peer) {
-                                    found.push(*peer);
-                                }
-                            }
-                        }
-                    }
-                    if let Err(error) = &result {
-                        tracing::debug!(%error, "get_providers");
-                    }
-                    if step.last || result.is_err() {
-                        // A timed-out query still returns what it found.
-                        if let Some(Pending { found, reply }) = self.pending_providers.remove(&id) {
-                            let _ = reply.send(Ok(found));
-                        }
-                    }
-                }
-                kad::QueryResult::GetRecord(result) => {
-                    let finished = step.last;
-                    match result {
-                        Ok(kad::GetRecordOk::FoundRecord(found)) => {
-                            if let Some(PendingGet { found: values, .. }) =
-                                self.pending_get.get_mut(&id)
-                            {
-                                if values.len() < MAX_RECORDS_PER_GET
-                                    && !values.contains(&found.record.value)
-                                {
-                                    values.push(found.record.value);
-                                }
-                            }
-                        }
-                        Ok(kad::GetRecordOk::FinishedWithNoAdditionalRecord { .. }) => {}
-                        Err(error) => {
-                            tracing::trace!(%error, "get_record");
-                        }
-                    }
-                    if finished {
-                        if let Some(PendingGet {
-                            found: values,
-                            reply,
-                        }) = self.pending_get.remove(&id)
-                        {
-                            let _ = reply.send(Ok((values, QueryStats::from_kad(&stats))));
-                        }
-                    }
-                }
-                _ => {}
-            },
+                self.handle_query_result(id, result, step, stats);
+            }
             kad::Event::RoutingUpdated { peer, .. } => {
                 tracing::trace!(%peer, "routing table updated");
+            }
+            _ => {}
+        }
+    }
+
+    fn handle_query_result(
+        &mut self,
+        id: kad::QueryId,
+        result: kad::QueryResult,
+        step: kad::ProgressStep,
+        stats: libp2p::kad::QueryStats,
+    ) {
+        match result {
+            kad::QueryResult::PutRecord(result) => {
+                if let Some(reply) = self.pending_put.remove(&id) {
+                    let _ = reply.send(
+                        result
+                            .map(|_| ())
+                            .map_err(|e| DhtError::Query(e.to_string())),
+                    );
+                }
+            }
+            kad::QueryResult::StartProviding(result) => {
+                if let Some(reply) = self.pending_providing.remove(&id) {
+                    let _ = reply.send(
+                        result
+                            .map(|_| ())
+                            .map_err(|e| DhtError::Query(e.to_string())),
+                    );
+                }
+            }
+            kad::QueryResult::GetProviders(result) => {
+                let local = *self.swarm.local_peer_id();
+                if let Ok(kad::GetProvidersOk::FoundProviders { providers, .. }) = &result {
+                    for peer in providers.iter().filter(|p| **p != local) {
+                        // Dial while the query still knows the provider's addresses, so
+                        // that room members share gossipsub connections.
+                        if !self.swarm.is_connected(peer) {
+                            if let Err(error) = self.swarm.dial(*peer) {
+                                tracing::debug!(%peer, %error, "cannot dial provider");
+                            }
+                        }
+                    }
+                    if let Some(Pending { found, .. }) = self.pending_providers.get_mut(&id) {
+                        for peer in providers.iter().filter(|p| **p != local) {
+                            if found.len() < MAX_PROVIDERS_PER_GET && !found.contains(peer) {
+                                found.push(*peer);
+                            }
+                        }
+                    }
+                }
+                if let Err(error) = &result {
+                    tracing::debug!(%error, "get_providers");
+                }
+                if step.last || result.is_err() {
+                    // A timed-out query still returns what it found.
+                    if let Some(Pending { found, reply }) = self.pending_providers.remove(&id) {
+                        let _ = reply.send(Ok(found));
+                    }
+                }
+            }
+            kad::QueryResult::GetRecord(result) => {
+                let finished = step.last;
+                match result {
+                    Ok(kad::GetRecordOk::FoundRecord(found)) => {
+                        if let Some(PendingGet { found: values, .. }) =
+                            self.pending_get.get_mut(&id)
+                        {
+                            if values.len() < MAX_RECORDS_PER_GET
+                                && !values.contains(&found.record.value)
+                            {
+                                values.push(found.record.value);
+                            }
+                        }
+                    }
+                    Ok(kad::GetRecordOk::FinishedWithNoAdditionalRecord { .. }) => {}
+                    Err(error) => {
+                        tracing::trace!(%error, "get_record");
+                    }
+                }
+                if finished {
+                    if let Some(PendingGet {
+                        found: values,
+                        reply,
+                    }) = self.pending_get.remove(&id)
+                    {
+                        let _ = reply.send(Ok((values, QueryStats::from_kad(&stats))));
+                    }
+                }
             }
             _ => {}
         }
@@ -784,7 +854,10 @@ impl EventLoop {
                 propagation_source,
                 message_id,
                 message,
-            } => (propagation_source, message_id, message),
+            } => {
+                Traffic::add(&self.traffic.topic_messages_received, 1);
+                (propagation_source, message_id, message)
+            }
             gossipsub::Event::Subscribed { peer_id, topic } => {
                 if let Some((_, sender)) = self.topics.get(&topic) {
                     let _ = sender.try_send(TopicEvent::PeerSubscribed { peer: peer_id });

@@ -39,6 +39,7 @@ mod stun;
 mod turn;
 
 use std::num::NonZeroUsize;
+use std::sync::Arc;
 use std::time::Duration;
 
 use kadrtc_proto::{Envelope, Sealed};
@@ -149,6 +150,56 @@ pub struct DhtHandle {
     peer_id: PeerId,
     listen_addrs: Vec<Multiaddr>,
     commands: mpsc::Sender<Command>,
+    traffic: Arc<event_loop::TrafficCounters>,
+}
+
+/// Messages a node exchanged since it started, by kind (from [`DhtHandle::traffic`]). Only
+/// what a node does on its own accord and what others ask of it are counted; gossipsub's
+/// own control messages (subscriptions, mesh grafts, gossip) and identify are not.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Traffic {
+    /// Kademlia requests sent, by every query: lookups, puts, provider announcements, and
+    /// libp2p-kad's own bootstrap and republishing.
+    pub kad_requests_sent: u64,
+    /// Kademlia requests answered.
+    pub kad_requests_received: u64,
+    /// Gossipsub messages published.
+    pub topic_messages_published: u64,
+    /// Gossipsub messages delivered to this node (each once, duplicates dropped).
+    pub topic_messages_received: u64,
+    /// libp2p pings sent (one every 15 s on each connection, with its answer).
+    pub pings: u64,
+}
+
+impl Traffic {
+    /// All of them.
+    pub fn total(&self) -> u64 {
+        self.kad_requests_sent
+            + self.kad_requests_received
+            + self.topic_messages_published
+            + self.topic_messages_received
+            + self.pings
+    }
+
+    /// What was exchanged after `earlier` (a snapshot of the same node).
+    pub fn since(&self, earlier: &Traffic) -> Traffic {
+        Traffic {
+            kad_requests_sent: self
+                .kad_requests_sent
+                .saturating_sub(earlier.kad_requests_sent),
+            kad_requests_received: self
+                .kad_requests_received
+                .saturating_sub(earlier.kad_requests_received),
+            topic_messages_published: self
+                .topic_messages_published
+                .saturating_sub(earlier.topic_messages_published),
+            topic_messages_received: self
+                .topic_messages_received
+                .saturating_sub(earlier.topic_messages_received),
+            pings: self.pings.saturating_sub(earlier.pings),
+        }
+    }
 }
 
 /// What one Kademlia query cost: the figures libp2p-kad keeps for it (its `QueryStats`).
@@ -354,12 +405,19 @@ impl DhtHandle {
     pub async fn spawn(config: DhtConfig) -> Result<Self, DhtError> {
         let peer_id = config.keypair.public().to_peer_id();
         let (commands, receiver) = mpsc::channel(COMMAND_CHANNEL_CAPACITY);
-        let listen_addrs = event_loop::start(config, receiver).await?;
+        let traffic = Arc::new(event_loop::TrafficCounters::default());
+        let listen_addrs = event_loop::start(config, receiver, traffic.clone()).await?;
         Ok(Self {
             peer_id,
             listen_addrs,
             commands,
+            traffic,
         })
+    }
+
+    /// What this node exchanged since it started.
+    pub fn traffic(&self) -> Traffic {
+        self.traffic.snapshot()
     }
 
     /// This node's `PeerId`.

@@ -153,7 +153,8 @@ pub use channel::{Channel, PeerInfo, MAX_MESSAGE_SIZE};
 pub use file::{FileError, FileReceipt, FileTransfer, IncomingFile, Progress};
 pub use identity::{Identity, IdentityError};
 pub use kadrtc_dht::{
-    DEFAULT_BYTES_PER_SECOND, DEFAULT_MAX_ALLOCATIONS, DEFAULT_STUN_PORT, DEFAULT_TURN_PORT,
+    Traffic, DEFAULT_BYTES_PER_SECOND, DEFAULT_MAX_ALLOCATIONS, DEFAULT_STUN_PORT,
+    DEFAULT_TURN_PORT,
 };
 pub use kadrtc_proto::{BindingError, KeyError, NegotiationConfig};
 pub use kadrtc_rtc::{CandidatePair, CandidateType, IceServer};
@@ -162,6 +163,7 @@ pub use link::{LinkError, RoomLink, LINK_SCHEME, RANDOM_ROOM_BYTES};
 pub use node::{JoinError, Node, NodeBuilder, NodeError};
 pub use room::{
     Discovery, Passphrase, PingError, Room, RoomConfig, RoomError, RoomEvent, SendError,
-    DEFAULT_DISCOVERY_INITIAL, DEFAULT_DISCOVERY_MAX, DEFAULT_ENVELOPE_TTL, DEFAULT_MAX_PEERS,
-    EVENT_CHANNEL_CAPACITY, LEAVE_LIMIT, PEER_TIMEOUT, PING_INTERVAL,
+    DEFAULT_DISCOVERY_IDLE_MAX, DEFAULT_DISCOVERY_INITIAL, DEFAULT_DISCOVERY_MAX,
+    DEFAULT_ENVELOPE_TTL, DEFAULT_MAX_PEERS, EVENT_CHANNEL_CAPACITY, LEAVE_LIMIT, PEER_TIMEOUT,
+    PING_INTERVAL,
 };

@@ -138,6 +138,18 @@ impl Node {
         self.inner.dht.listen_addrs()
     }
 
+    /// This node's DHT: records, providers, topics and their figures, for tools and
+    /// measurements (`testnet/scale.sh` gets records through it). Rooms use it on their own.
+    pub fn dht(&self) -> &kadrtc_dht::DhtHandle {
+        &self.inner.dht
+    }
+
+    /// DHT and gossipsub messages this node exchanged since it started
+    /// ([`Traffic`](crate::Traffic)).
+    pub fn traffic(&self) -> crate::Traffic {
+        self.inner.dht.traffic()
+    }
+
     /// The address this node answers STUN Binding requests on, when it runs a responder
     /// ([`NodeBuilder::stun`]).
     pub fn stun_addr(&self) -> Option<SocketAddr> {

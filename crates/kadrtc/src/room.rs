@@ -32,8 +32,16 @@ pub const DEFAULT_ENVELOPE_TTL: Duration = Duration::from_secs(120);
 /// joining at once find each other on a lookup after the other's provider record landed); it
 /// doubles up to [`DEFAULT_DISCOVERY_MAX`] while the room is joined.
 pub const DEFAULT_DISCOVERY_INITIAL: Duration = Duration::from_millis(10);
-/// Longest interval between presence lookups.
+/// Longest interval between presence lookups while some member found has no open channel
+/// yet, or none was found.
 pub const DEFAULT_DISCOVERY_MAX: Duration = Duration::from_secs(10);
+/// Longest interval between presence lookups once every member found has an open channel:
+/// the lookups go on doubling up to it, and are all a connected member sends on the DHT
+/// besides libp2p-kad's own upkeep (a lookup asks about 20 nodes). A newcomer finds the
+/// members itself and dials them, so a member that others can dial learns of it at once
+/// through the room topic; only one that nobody can dial (behind a NAT) waits for its next
+/// lookup to find a newcomer that is behind a NAT too.
+pub const DEFAULT_DISCOVERY_IDLE_MAX: Duration = Duration::from_secs(60);
 /// Most peers one room tracks at once (a full mesh: one channel per pair); further peers are
 /// reported ([`RoomError::RoomFull`]) and ignored until one leaves. Each tracked peer has at
 /// most one live session (one peer connection), so this also bounds the sessions of a room.
@@ -77,6 +85,8 @@ pub struct RoomConfig {
     pub discovery_initial: Duration,
     /// See [`DEFAULT_DISCOVERY_MAX`].
     pub discovery_max: Duration,
+    /// See [`DEFAULT_DISCOVERY_IDLE_MAX`].
+    pub discovery_idle_max: Duration,
     /// See [`DEFAULT_MAX_PEERS`].
     pub max_peers: usize,
     /// Whether offers and answers are also published on the room topic (the fast path).
@@ -358,6 +368,7 @@ impl Default for RoomConfig {
             envelope_ttl: DEFAULT_ENVELOPE_TTL,
             discovery_initial: DEFAULT_DISCOVERY_INITIAL,
             discovery_max: DEFAULT_DISCOVERY_MAX,
+            discovery_idle_max: DEFAULT_DISCOVERY_IDLE_MAX,
             max_peers: DEFAULT_MAX_PEERS,
             signal_on_topic: true,
             passphrase: None,
@@ -1562,8 +1573,18 @@ impl RoomActor {
 
     fn start_discovery(&mut self, now: Instant) {
         self.discovery_in_flight = true;
+        let settled = !self.peers.is_empty() && self.peers.values().all(|entry| entry.open);
+        let longest = if settled {
+            self.config
+                .discovery_idle_max
+                .max(self.config.discovery_max)
+        } else {
+            self.config.discovery_max
+        };
+        // Back to the shorter bound at once when a member is new or its channel closed.
+        self.discovery_interval = self.discovery_interval.min(longest);
         self.next_discovery = now + self.discovery_interval;
-        self.discovery_interval = (self.discovery_interval * 2).min(self.config.discovery_max);
+        self.discovery_interval = (self.discovery_interval * 2).min(longest);
         let dht = self.node.dht.clone();
         let key = self.room.presence_key();
         let internal = self.internal_tx.clone();

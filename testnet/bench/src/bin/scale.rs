@@ -1,0 +1,814 @@
+//! `kadrtc-scale`: issue 7's in-process figures, on libp2p's memory transport (no socket per
+//! DHT connection, so hundreds of nodes fit in one process) with WebRTC on 127.0.0.1.
+//!
+//! - `network`: N nodes, R rooms of two members each joined at once: every pair must
+//!   connect; join-to-open p50 / p99; `get_record` of the members' mailbox records from
+//!   random nodes (latency, requests per get against log₂ N); memory per node; DHT and
+//!   gossipsub messages per node per minute.
+//! - `idle`: two members connected in a room of a small network, then left alone: the
+//!   messages per minute of each member and of the network's nodes after the connection.
+//! - `soak`: pairs join a fresh room, exchange a message and leave, over and over: RSS and
+//!   open files sampled throughout must stay within a bound, and come back once all left.
+//!
+//! `testnet/scale.sh` runs them (and the multi-process and NAT scenarios) and prints the
+//! table; the exit status is non-zero when a scenario's condition does not hold.
+
+#[path = "../stats.rs"]
+#[allow(dead_code)]
+mod stats;
+
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, ensure, Context as _};
+use clap::{Parser, Subcommand};
+use kadrtc::{Multiaddr, Node, PeerId, Room, RoomEvent, Traffic};
+use kadrtc_proto::RoomName;
+use rand::seq::IndexedRandom as _;
+use rand::Rng as _;
+use serde::Serialize;
+
+/// Log filter when `RUST_LOG` is unset.
+const DEFAULT_LOG_FILTER: &str =
+    "warn,rtc=error,rtc_dtls=error,rtc_ice=error,rtc_sctp=error,webrtc=error,libp2p_gossipsub=error";
+/// Nodes started at once while building a network.
+const START_CONCURRENCY: usize = 16;
+/// How long the nodes of a fresh network get to fill their routing tables.
+const SETTLE: Duration = Duration::from_secs(2);
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "kadrtc-scale",
+    version,
+    about = "kadrtc at scale, in one process: a network of N nodes with R rooms, an idle pair's traffic, a join-and-leave soak",
+    after_help = "Every node listens on libp2p's memory transport; WebRTC binds 127.0.0.1 only. testnet/scale.sh runs all of it."
+)]
+struct Cli {
+    /// Print one JSON object on stdout instead of the text report.
+    #[arg(long, global = true)]
+    json: bool,
+    #[command(subcommand)]
+    scenario: Scenario,
+}
+
+#[derive(Debug, Subcommand)]
+enum Scenario {
+    /// N nodes, R rooms of two members joined at once: every pair connects.
+    Network {
+        /// Nodes in the network, members included.
+        #[arg(long, default_value_t = 200, value_parser = clap::value_parser!(u16).range(4..=1000))]
+        nodes: u16,
+        /// Rooms, two members each (each member is one of the nodes).
+        #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(u16).range(1..=500))]
+        rooms: u16,
+        /// Mailbox records fetched from random nodes once the rooms are connected.
+        #[arg(long, default_value_t = 100)]
+        gets: usize,
+        /// Seconds every pair has to connect.
+        #[arg(long, default_value_t = 120)]
+        timeout_s: u64,
+        /// Seconds the connected network is watched for its messages per node per minute.
+        #[arg(long, default_value_t = 60)]
+        observe_s: u64,
+    },
+    /// Two members connected in a room, then idle: messages per minute afterwards.
+    Idle {
+        /// Minutes of idleness measured after the connection.
+        #[arg(long, default_value_t = 5.0)]
+        minutes: f64,
+        /// Nodes in the network besides the two members.
+        #[arg(long, default_value_t = 10)]
+        nodes: u16,
+    },
+    /// Pairs join fresh rooms and leave, over and over; resources stay bounded.
+    Soak {
+        /// Minutes of joining and leaving.
+        #[arg(long, default_value_t = 10.0)]
+        minutes: f64,
+        /// Pairs cycling at once.
+        #[arg(long, default_value_t = 4)]
+        pairs: u16,
+        /// Nodes in the network besides the members.
+        #[arg(long, default_value_t = 10)]
+        nodes: u16,
+        /// Most RSS growth allowed over the run, MiB (from after the first round).
+        #[arg(long, default_value_t = 64)]
+        max_rss_growth_mib: u64,
+        /// Most open files allowed above the start once every pair left.
+        #[arg(long, default_value_t = 16)]
+        max_leftover_files: usize,
+    },
+}
+
+fn main() -> std::process::ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(DEFAULT_LOG_FILTER)),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            eprintln!("kadrtc-scale: cannot start the runtime: {error}");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(cli)) {
+        Ok(true) => std::process::ExitCode::SUCCESS,
+        Ok(false) => std::process::ExitCode::FAILURE,
+        Err(error) => {
+            eprintln!("kadrtc-scale: {error:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+/// Runs one scenario and prints its report; `false` when its condition does not hold.
+async fn run(cli: Cli) -> anyhow::Result<bool> {
+    let (passed, report) = match cli.scenario {
+        Scenario::Network {
+            nodes,
+            rooms,
+            gets,
+            timeout_s,
+            observe_s,
+        } => {
+            let report = network(
+                usize::from(nodes),
+                usize::from(rooms),
+                gets,
+                Duration::from_secs(timeout_s),
+                Duration::from_secs(observe_s),
+            )
+            .await?;
+            (
+                report.pairs_connected == report.rooms,
+                Report::Network(report),
+            )
+        }
+        Scenario::Idle { minutes, nodes } => {
+            let report = idle(usize::from(nodes), minutes_to_duration(minutes)?).await?;
+            (true, Report::Idle(report))
+        }
+        Scenario::Soak {
+            minutes,
+            pairs,
+            nodes,
+            max_rss_growth_mib,
+            max_leftover_files,
+        } => {
+            let report = soak(
+                usize::from(nodes),
+                usize::from(pairs),
+                minutes_to_duration(minutes)?,
+            )
+            .await?;
+            let passed = report.failed_rounds == 0
+                && report.rss_growth_mib <= max_rss_growth_mib as f64
+                && report.leftover_files <= max_leftover_files as i64;
+            (passed, Report::Soak(report))
+        }
+    };
+    if cli.json {
+        println!("{}", serde_json::to_string(&report)?);
+    } else {
+        print!("{}", report.text());
+    }
+    Ok(passed)
+}
+
+fn minutes_to_duration(minutes: f64) -> anyhow::Result<Duration> {
+    ensure!(
+        minutes.is_finite() && minutes > 0.0 && minutes <= 24.0 * 60.0,
+        "minutes must be between 0 and 1440, not {minutes}"
+    );
+    Ok(Duration::from_secs_f64(minutes * 60.0))
+}
+
+#[derive(Debug, Serialize)]
+#[serde(tag = "scenario", rename_all = "snake_case")]
+enum Report {
+    Network(NetworkReport),
+    Idle(IdleReport),
+    Soak(SoakReport),
+}
+
+#[derive(Debug, Serialize)]
+struct NetworkReport {
+    /// DHT nodes, members not included.
+    dht_nodes: usize,
+    /// Every node, members included.
+    nodes: usize,
+    rooms: usize,
+    pairs_connected: usize,
+    join_to_open_p50_ms: f64,
+    join_to_open_p99_ms: f64,
+    join_to_open_max_ms: f64,
+    gets: usize,
+    gets_found: usize,
+    get_p50_ms: f64,
+    get_p99_ms: f64,
+    requests_per_get_mean: f64,
+    requests_per_get_p99: f64,
+    log2_nodes: f64,
+    rss_mib: f64,
+    rss_per_node_kib: f64,
+    /// DHT and gossipsub messages per node from the joins to the last channel open.
+    setup_messages_per_node: f64,
+    /// Then per node per minute, with every pair connected.
+    connected_messages_per_node_per_minute: f64,
+    observed_minutes: f64,
+    start_s: f64,
+}
+
+#[derive(Debug, Serialize)]
+struct IdleReport {
+    nodes: usize,
+    minutes: f64,
+    /// Per member, per minute, after the connection.
+    member_per_minute: Vec<PerMinute>,
+    /// Mean over the other nodes, per minute.
+    node_per_minute: PerMinute,
+}
+
+#[derive(Debug, Serialize)]
+struct PerMinute {
+    kad_requests_sent: f64,
+    kad_requests_received: f64,
+    topic_messages_published: f64,
+    topic_messages_received: f64,
+    pings: f64,
+    dht_and_gossipsub: f64,
+}
+
+#[derive(Debug, Serialize)]
+struct SoakReport {
+    minutes: f64,
+    pairs: usize,
+    rounds: usize,
+    failed_rounds: usize,
+    round_p50_ms: f64,
+    round_max_ms: f64,
+    /// (seconds since start, RSS MiB, open files)
+    samples: Vec<(f64, f64, usize)>,
+    rss_start_mib: f64,
+    rss_max_mib: f64,
+    rss_end_mib: f64,
+    rss_growth_mib: f64,
+    files_start: usize,
+    files_max: usize,
+    files_end: usize,
+    leftover_files: i64,
+}
+
+impl Report {
+    fn text(&self) -> String {
+        match self {
+            Report::Network(r) => format!(
+                "network: {} DHT nodes and {} rooms × 2 members joined at once, {} nodes in one process\n\
+                 pairs connected        {}/{}\n\
+                 join-to-open           p50 {:.0} ms, p99 {:.0} ms, max {:.0} ms\n\
+                 record get             {}/{} found; p50 {:.1} ms, p99 {:.1} ms\n\
+                 requests per get       mean {:.1}, p99 {:.0} (log2 N = {:.1})\n\
+                 memory                 RSS {:.0} MiB, {:.0} KiB per node (members and their peer connections included)\n\
+                 messages per node      {:.1} to connect the rooms; then {:.1} per minute (DHT and gossipsub, over {:.1} min)\n\
+                 network start          {:.1} s\n",
+                r.dht_nodes,
+                r.rooms,
+                r.nodes,
+                r.pairs_connected,
+                r.rooms,
+                r.join_to_open_p50_ms,
+                r.join_to_open_p99_ms,
+                r.join_to_open_max_ms,
+                r.gets_found,
+                r.gets,
+                r.get_p50_ms,
+                r.get_p99_ms,
+                r.requests_per_get_mean,
+                r.requests_per_get_p99,
+                r.log2_nodes,
+                r.rss_mib,
+                r.rss_per_node_kib,
+                r.setup_messages_per_node,
+                r.connected_messages_per_node_per_minute,
+                r.observed_minutes,
+                r.start_s,
+            ),
+            Report::Idle(r) => {
+                let mut text = format!(
+                    "idle: two members connected in a room of {} nodes, then {:.1} min alone\n\
+                     per minute after the connection: kad sent / kad answered / topic published / topic received / pings = DHT+gossipsub\n",
+                    r.nodes, r.minutes
+                );
+                for (i, m) in r.member_per_minute.iter().enumerate() {
+                    text += &format!("member {}               {}\n", i + 1, m.text());
+                }
+                text += &format!("other nodes (mean)     {}\n", r.node_per_minute.text());
+                text
+            }
+            Report::Soak(r) => {
+                let mut text = format!(
+                    "soak: {} pairs joining and leaving fresh rooms for {:.1} min\n\
+                     rounds                 {} ({} failed); round p50 {:.0} ms, max {:.0} ms\n\
+                     RSS                    start {:.1} MiB, max {:.1}, end {:.1} (growth {:.1} MiB)\n\
+                     open files             start {}, max {}, end {} (left over {})\n\
+                     samples (s, RSS MiB, files):",
+                    r.pairs,
+                    r.minutes,
+                    r.rounds,
+                    r.failed_rounds,
+                    r.round_p50_ms,
+                    r.round_max_ms,
+                    r.rss_start_mib,
+                    r.rss_max_mib,
+                    r.rss_end_mib,
+                    r.rss_growth_mib,
+                    r.files_start,
+                    r.files_max,
+                    r.files_end,
+                    r.leftover_files,
+                );
+                for (t, rss, files) in &r.samples {
+                    text += &format!(" ({t:.0}, {rss:.1}, {files})");
+                }
+                text + "\n"
+            }
+        }
+    }
+}
+
+impl PerMinute {
+    fn of(traffic: &Traffic, minutes: f64) -> Self {
+        let per = |n: u64| n as f64 / minutes;
+        Self {
+            kad_requests_sent: per(traffic.kad_requests_sent),
+            kad_requests_received: per(traffic.kad_requests_received),
+            topic_messages_published: per(traffic.topic_messages_published),
+            topic_messages_received: per(traffic.topic_messages_received),
+            pings: per(traffic.pings),
+            dht_and_gossipsub: per(traffic.total() - traffic.pings),
+        }
+    }
+
+    fn text(&self) -> String {
+        format!(
+            "{:.1} / {:.1} / {:.1} / {:.1} / {:.1} = {:.1}",
+            self.kad_requests_sent,
+            self.kad_requests_received,
+            self.topic_messages_published,
+            self.topic_messages_received,
+            self.pings,
+            self.dht_and_gossipsub
+        )
+    }
+}
+
+/// A network of `count` DHT nodes (serving the DHT, like `kadrtc node`) on the memory
+/// transport, each bootstrapped from a random earlier one; started a few at a time.
+async fn start_network(count: usize) -> anyhow::Result<Vec<Node>> {
+    let first = build_node(None, true).await.context("starting node 1")?;
+    let mut nodes = vec![first];
+    let more = start_nodes(count - 1, &nodes, true).await?;
+    nodes.extend(more);
+    tokio::time::sleep(SETTLE).await;
+    Ok(nodes)
+}
+
+/// `count` more nodes, each bootstrapped from a random node of `network`; members (`serve`
+/// false) only use the DHT, like `kadrtc join`.
+async fn start_nodes(count: usize, network: &[Node], serve: bool) -> anyhow::Result<Vec<Node>> {
+    let mut addrs = network
+        .iter()
+        .map(memory_addr)
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    let mut nodes: Vec<Node> = Vec::with_capacity(count);
+    while nodes.len() < count {
+        let batch = (count - nodes.len()).min(START_CONCURRENCY);
+        let mut starting = Vec::with_capacity(batch);
+        for _ in 0..batch {
+            let bootstrap = addrs.choose(&mut rand::rng()).cloned();
+            starting.push(build_node(bootstrap, serve));
+        }
+        for node in futures::future::try_join_all(starting).await? {
+            if serve {
+                addrs.push(memory_addr(&node)?);
+            }
+            nodes.push(node);
+        }
+        let what = if serve { "DHT nodes" } else { "members" };
+        eprint!("\r   {} / {count} {what} started", nodes.len());
+    }
+    eprintln!();
+    Ok(nodes)
+}
+
+async fn build_node(bootstrap: Option<Multiaddr>, serve: bool) -> anyhow::Result<Node> {
+    let mut builder = Node::builder()
+        .listen("/memory/0".parse()?)
+        .ice_bind(std::net::Ipv4Addr::LOCALHOST.into())
+        .dht_server(serve);
+    if let Some(addr) = bootstrap {
+        builder = builder.bootstrap(addr);
+    }
+    Ok(builder.build().await?)
+}
+
+fn memory_addr(node: &Node) -> anyhow::Result<Multiaddr> {
+    node.listen_addrs()
+        .into_iter()
+        .find(|addr| addr.to_string().starts_with("/memory/"))
+        .context("a node reported no memory address")
+}
+
+/// Joins `room` on both nodes at once and returns each member's join-to-open time, or the
+/// rooms when the deadline passed first.
+async fn connect_pair(
+    a: &Node,
+    b: &Node,
+    room: &str,
+    deadline: tokio::time::Instant,
+) -> anyhow::Result<(Room, Room, [Duration; 2])> {
+    let started = Instant::now();
+    let (room_a, room_b) = tokio::try_join!(a.join(room), b.join(room))?;
+    let (mut room_a, mut room_b) = (room_a, room_b);
+    let (opened_a, opened_b) = tokio::join!(
+        until_open(&mut room_a, b.peer_id(), started, deadline),
+        until_open(&mut room_b, a.peer_id(), started, deadline)
+    );
+    Ok((room_a, room_b, [opened_a?, opened_b?]))
+}
+
+/// Waits for the channel to `peer` to open; the time since `started`.
+async fn until_open(
+    room: &mut Room,
+    peer: PeerId,
+    started: Instant,
+    deadline: tokio::time::Instant,
+) -> anyhow::Result<Duration> {
+    tokio::time::timeout_at(deadline, async {
+        while let Some(event) = room.next_event().await {
+            if let RoomEvent::ChannelOpen { peer: opened, .. } = event {
+                if opened == peer {
+                    return Ok(started.elapsed());
+                }
+            }
+        }
+        bail!("room {} ended before its channel opened", room.name())
+    })
+    .await
+    .with_context(|| format!("room {}: no channel open in time", room.name()))?
+}
+
+async fn network(
+    count: usize,
+    rooms: usize,
+    gets: usize,
+    timeout: Duration,
+    observe: Duration,
+) -> anyhow::Result<NetworkReport> {
+    let rss_before = rss_mib()?;
+    eprintln!("== network: {count} DHT nodes, {rooms} rooms of two more nodes each");
+    let started = Instant::now();
+    let mut nodes = start_network(count).await?;
+    let members = start_nodes(2 * rooms, &nodes, false).await?;
+    let start_s = started.elapsed().as_secs_f64();
+    let dht_nodes = nodes.len();
+    nodes.extend(members);
+    let count = nodes.len();
+    let traffic_before: Vec<Traffic> = nodes.iter().map(Node::traffic).collect();
+    let traffic_from = Instant::now();
+
+    let tag: u64 = rand::rng().random();
+    let deadline = tokio::time::Instant::now() + timeout;
+    let names: Vec<String> = (0..rooms).map(|i| format!("scale-{tag:x}-{i}")).collect();
+    let joins = names.iter().enumerate().map(|(i, name)| {
+        let (a, b) = (&nodes[dht_nodes + 2 * i], &nodes[dht_nodes + 2 * i + 1]);
+        async move { connect_pair(a, b, name, deadline).await }
+    });
+    let outcomes = futures::future::join_all(joins).await;
+    let mut open_ms = Vec::new();
+    let mut held = Vec::new();
+    let mut failures = Vec::new();
+    for outcome in outcomes {
+        match outcome {
+            Ok((a, b, times)) => {
+                open_ms.extend(times.iter().map(stats::ms));
+                held.push((a, b));
+            }
+            Err(error) => failures.push(format!("{error:#}")),
+        }
+    }
+    let setup_messages = messages_since(&nodes, &traffic_before);
+    for failure in failures.iter().take(5) {
+        eprintln!("   {failure}");
+    }
+    eprintln!(
+        "   {} / {rooms} pairs connected in {:.1} s",
+        held.len(),
+        traffic_from.elapsed().as_secs_f64()
+    );
+
+    // Gets of the members' mailbox records (written while they negotiated) from random
+    // nodes that are not in the room.
+    let mut get_ms = Vec::new();
+    let mut requests = Vec::new();
+    let mut found = 0;
+    for g in 0..gets.min(rooms * 2) {
+        let room = g % rooms;
+        let (from, to) = if (g / rooms).is_multiple_of(2) {
+            (dht_nodes + 2 * room, dht_nodes + 2 * room + 1)
+        } else {
+            (dht_nodes + 2 * room + 1, dht_nodes + 2 * room)
+        };
+        let key = RoomName::new(names[room].clone())?
+            .id()
+            .mailbox_key(&nodes[from].peer_id(), &nodes[to].peer_id());
+        // Any node but the pair; members ask as clients do.
+        let asker = loop {
+            let i = rand::rng().random_range(0..count);
+            if i != from && i != to {
+                break i;
+            }
+        };
+        let began = Instant::now();
+        let (values, query) = nodes[asker].dht().get_record_with_stats(key).await?;
+        get_ms.push(stats::ms(&began.elapsed()));
+        requests.push(f64::from(query.requests));
+        found += usize::from(!values.is_empty());
+    }
+    let rss = rss_mib()?;
+
+    eprintln!(
+        "   watching the connected network for {} s",
+        observe.as_secs()
+    );
+    let watched_before: Vec<Traffic> = nodes.iter().map(Node::traffic).collect();
+    let watched_from = Instant::now();
+    tokio::time::sleep(observe).await;
+    let minutes = watched_from.elapsed().as_secs_f64() / 60.0;
+    let watched = messages_since(&nodes, &watched_before);
+    let report = NetworkReport {
+        dht_nodes,
+        nodes: count,
+        rooms,
+        pairs_connected: held.len(),
+        join_to_open_p50_ms: percentile(&open_ms, 0.50),
+        join_to_open_p99_ms: percentile(&open_ms, 0.99),
+        join_to_open_max_ms: percentile(&open_ms, 1.0),
+        gets: get_ms.len(),
+        gets_found: found,
+        get_p50_ms: percentile(&get_ms, 0.50),
+        get_p99_ms: percentile(&get_ms, 0.99),
+        requests_per_get_mean: requests.iter().sum::<f64>() / requests.len().max(1) as f64,
+        requests_per_get_p99: percentile(&requests, 0.99),
+        log2_nodes: (count as f64).log2(),
+        rss_mib: rss,
+        rss_per_node_kib: (rss - rss_before) * 1024.0 / count as f64,
+        setup_messages_per_node: setup_messages as f64 / count as f64,
+        connected_messages_per_node_per_minute: watched as f64 / count as f64 / minutes,
+        observed_minutes: minutes,
+        start_s,
+    };
+    for (a, b) in held {
+        tokio::join!(a.leave(), b.leave());
+    }
+    Ok(report)
+}
+
+/// DHT and gossipsub messages (pings left out) of all `nodes` since `before`.
+fn messages_since(nodes: &[Node], before: &[Traffic]) -> u64 {
+    nodes
+        .iter()
+        .zip(before)
+        .map(|(node, before)| {
+            let traffic = node.traffic().since(before);
+            traffic.total() - traffic.pings
+        })
+        .sum()
+}
+
+async fn idle(others: usize, period: Duration) -> anyhow::Result<IdleReport> {
+    eprintln!("== idle: {others} nodes and two members");
+    let nodes = start_network(others).await?;
+    let mut members = start_nodes(2, &nodes, false).await?;
+    let b = members.pop().context("member b")?;
+    let a = members.pop().context("member a")?;
+    let tag: u64 = rand::rng().random();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    let (room_a, room_b, _) = connect_pair(&a, &b, &format!("idle-{tag:x}"), deadline).await?;
+    // What the set-up itself sent is over once both sides have their channel; a second
+    // lets the last answers arrive.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let members_before = [a.traffic(), b.traffic()];
+    let nodes_before: Vec<Traffic> = nodes.iter().map(Node::traffic).collect();
+    let began = Instant::now();
+    let (mut room_a, mut room_b) = (room_a, room_b);
+    let watching = watch_idle(&mut room_a, &mut room_b);
+    let progress = async {
+        let mut tick = tokio::time::interval(Duration::from_secs(60));
+        tick.tick().await;
+        loop {
+            tick.tick().await;
+            let minutes = began.elapsed().as_secs_f64() / 60.0;
+            let now = a.traffic().since(&members_before[0]);
+            eprintln!(
+                "   {minutes:.0} min: member 1 {:.1} DHT+gossipsub messages per minute",
+                (now.total() - now.pings) as f64 / minutes
+            );
+        }
+    };
+    tokio::select! {
+        result = watching => result?,
+        () = progress => {}
+        () = tokio::time::sleep(period) => {}
+    }
+    let minutes = began.elapsed().as_secs_f64() / 60.0;
+    let member_per_minute = [&a, &b]
+        .iter()
+        .zip(&members_before)
+        .map(|(node, before)| PerMinute::of(&node.traffic().since(before), minutes))
+        .collect();
+    let mut sum = Traffic::default();
+    for (node, before) in nodes.iter().zip(&nodes_before) {
+        let t = node.traffic().since(before);
+        sum = add(&sum, &t);
+    }
+    let mean = PerMinute::of(&sum, minutes * nodes.len() as f64);
+    tokio::join!(room_a.leave(), room_b.leave());
+    Ok(IdleReport {
+        nodes: others,
+        minutes,
+        member_per_minute,
+        node_per_minute: mean,
+    })
+}
+
+/// Drains both rooms' events (pings and pongs are not events) until one says something went
+/// wrong: a member reported left, or a room ended.
+async fn watch_idle(room_a: &mut Room, room_b: &mut Room) -> anyhow::Result<()> {
+    loop {
+        let event = tokio::select! {
+            event = room_a.next_event() => event,
+            event = room_b.next_event() => event,
+        };
+        check_idle_event(event)?;
+    }
+}
+
+fn check_idle_event(event: Option<RoomEvent>) -> anyhow::Result<()> {
+    match event {
+        Some(RoomEvent::PeerLeft { peer, .. }) => bail!("{peer} was reported left while idle"),
+        Some(_) => Ok(()),
+        None => bail!("a room ended while idle"),
+    }
+}
+
+fn add(a: &Traffic, b: &Traffic) -> Traffic {
+    let mut sum = *a;
+    sum.kad_requests_sent += b.kad_requests_sent;
+    sum.kad_requests_received += b.kad_requests_received;
+    sum.topic_messages_published += b.topic_messages_published;
+    sum.topic_messages_received += b.topic_messages_received;
+    sum.pings += b.pings;
+    sum
+}
+
+async fn soak(others: usize, pairs: usize, period: Duration) -> anyhow::Result<SoakReport> {
+    eprintln!("== soak: {pairs} pairs over {others} nodes");
+    let nodes = start_network(others).await?;
+    let mut started = start_nodes(2 * pairs, &nodes, false).await?.into_iter();
+    let mut members: Vec<(Node, Node)> = Vec::with_capacity(pairs);
+    while let (Some(a), Some(b)) = (started.next(), started.next()) {
+        members.push((a, b));
+    }
+    let began = Instant::now();
+    let end = began + period;
+    let files_start = open_files()?;
+    let rss_start = rss_mib()?;
+    let mut samples = vec![(0.0, rss_start, files_start)];
+    let rounds = members.iter().enumerate().map(|(p, (a, b))| async move {
+        let mut times = Vec::new();
+        let mut failed = 0;
+        let mut round = 0u64;
+        while Instant::now() < end {
+            round += 1;
+            let room = format!("soak-{p}-{round}-{:x}", rand::rng().random::<u32>());
+            let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+            let began = Instant::now();
+            match soak_round(a, b, &room, deadline).await {
+                Ok(()) => times.push(stats::ms(&began.elapsed())),
+                Err(error) => {
+                    eprintln!("   round {round} of pair {p} failed: {error:#}");
+                    failed += 1;
+                }
+            }
+        }
+        (times, failed)
+    });
+    let sampling = async {
+        let mut tick = tokio::time::interval(Duration::from_secs(15));
+        tick.tick().await;
+        let mut samples = Vec::new();
+        loop {
+            tick.tick().await;
+            let (rss, files) = (rss_mib().unwrap_or(0.0), open_files().unwrap_or(0));
+            let t = began.elapsed().as_secs_f64();
+            eprintln!("   {t:.0} s: RSS {rss:.1} MiB, {files} open files");
+            samples.push((t, rss, files));
+        }
+    };
+    let outcome = tokio::select! {
+        outcome = futures::future::join_all(rounds) => outcome,
+        _ = sampling => unreachable!("sampling never ends"),
+    };
+    // Room teardown is bounded by LEAVE_LIMIT; the last sockets close shortly after.
+    let settle_until = Instant::now() + kadrtc::LEAVE_LIMIT + Duration::from_secs(5);
+    let mut files_end = open_files()?;
+    while files_end > files_start && Instant::now() < settle_until {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        files_end = open_files()?;
+    }
+    let rss_end = rss_mib()?;
+    samples.push((began.elapsed().as_secs_f64(), rss_end, files_end));
+    let mut times = Vec::new();
+    let mut failed_rounds = 0;
+    for (t, failed) in outcome {
+        times.extend(t);
+        failed_rounds += failed;
+    }
+    // Growth is measured from the first sample after the first rounds (allocator arenas
+    // and caches fill then).
+    let baseline = samples.get(1).map_or(rss_start, |s| s.1);
+    let rss_max = samples.iter().map(|s| s.1).fold(0.0, f64::max);
+    Ok(SoakReport {
+        minutes: period.as_secs_f64() / 60.0,
+        pairs,
+        rounds: times.len() + failed_rounds,
+        failed_rounds,
+        round_p50_ms: percentile(&times, 0.5),
+        round_max_ms: percentile(&times, 1.0),
+        rss_start_mib: rss_start,
+        rss_max_mib: rss_max,
+        rss_end_mib: rss_end,
+        rss_growth_mib: (rss_max - baseline).max(0.0),
+        files_start,
+        files_max: samples.iter().map(|s| s.2).max().unwrap_or(0),
+        files_end,
+        leftover_files: files_end as i64 - files_start as i64,
+        samples,
+    })
+}
+
+/// One soak round: both join, the channel opens, a message crosses, both leave.
+async fn soak_round(
+    a: &Node,
+    b: &Node,
+    room: &str,
+    deadline: tokio::time::Instant,
+) -> anyhow::Result<()> {
+    let (room_a, mut room_b, _) = connect_pair(a, b, room, deadline).await?;
+    room_a.send(b.peer_id(), b"soak").await?;
+    tokio::time::timeout_at(deadline, async {
+        while let Some(event) = room_b.next_event().await {
+            if let RoomEvent::Message { data, .. } = event {
+                ensure!(data == b"soak", "unexpected message");
+                return Ok(());
+            }
+        }
+        bail!("room ended before the message")
+    })
+    .await
+    .context("message not delivered in time")??;
+    tokio::join!(room_a.leave(), room_b.leave());
+    Ok(())
+}
+
+/// The `p` quantile (nearest rank) of `samples`; 0 when there are none.
+fn percentile(samples: &[f64], p: f64) -> f64 {
+    if samples.is_empty() {
+        return 0.0;
+    }
+    let mut sorted = samples.to_vec();
+    sorted.sort_by(f64::total_cmp);
+    stats::percentile(&sorted, p)
+}
+
+/// This process's resident set, MiB (`VmRSS` of /proc/self/status).
+fn rss_mib() -> anyhow::Result<f64> {
+    let status = std::fs::read_to_string("/proc/self/status")?;
+    let kib: f64 = status
+        .lines()
+        .find_map(|line| line.strip_prefix("VmRSS:"))
+        .and_then(|rest| rest.split_whitespace().next())
+        .context("no VmRSS in /proc/self/status")?
+        .parse()?;
+    Ok(kib / 1024.0)
+}
+
+/// Files this process holds open.
+fn open_files() -> anyhow::Result<usize> {
+    Ok(std::fs::read_dir("/proc/self/fd")?.count())
+}
