@@ -75,8 +75,21 @@ pub async fn run_join(mut args: JoinArgs, out: &Output) -> anyhow::Result<()> {
     // Created once, so that a signal arriving while the loop body runs is not lost.
     let shutdown = shutdown_signal();
     tokio::pin!(shutdown);
+    let mut connected = node.dht().connected();
+    let mut network_lost = false;
+    let mut watching_network = true;
     loop {
         tokio::select! {
+            changed = connected.changed(), if watching_network => match changed {
+                Ok(()) => {
+                    let peers = *connected.borrow_and_update();
+                    if (peers == 0) != network_lost {
+                        network_lost = peers == 0;
+                        out.network(peers, !args.common.bootstrap.is_empty());
+                    }
+                }
+                Err(_) => watching_network = false,
+            },
             line = lines.next_line(), if stdin_open => match line {
                 Ok(Some(line)) => on_line(&room, &line, out).await,
                 Ok(None) => stdin_open = false,

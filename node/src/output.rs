@@ -220,6 +220,29 @@ impl Output {
         }
     }
 
+    /// The node lost its last connection to the network (`peers` 0), or has one again.
+    pub fn network(&self, peers: usize, has_bootstrap: bool) {
+        if peers == 0 {
+            let retry = if has_bootstrap {
+                "dialling the bootstrap nodes again"
+            } else {
+                "waiting for a node to be found on the local network"
+            };
+            let message = format!(
+                "lost every connection to the kadrtc network: open channels go on, but no new member can be found until a node answers ({retry})"
+            );
+            if self.json {
+                self.json(json!({"event": "error", "kind": "network_lost", "message": message}));
+            } else {
+                eprintln!("kadrtc: {message}");
+            }
+        } else if self.json {
+            self.json(json!({"event": "network_restored", "peers": peers}));
+        } else {
+            self.text(&format!("* connected to the network again ({peers} peers)"));
+        }
+    }
+
     /// An error event in JSON mode; text mode leaves errors to stderr.
     pub fn error(&self, message: &str) {
         if self.json {

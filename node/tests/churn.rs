@@ -86,3 +86,49 @@ fn a_joiner_whose_bootstrap_node_dies_keeps_finding_newcomers_through_the_other_
         e["event"] == "message" && e["peer_id"] == a_id.as_str() && e["text"] == "still here"
     });
 }
+
+#[test]
+fn a_joiner_cut_off_from_every_node_says_so_and_comes_back_when_its_bootstrap_node_does() {
+    let identity = test_dir().join("comeback-node.key");
+    let identity = identity.to_str().unwrap();
+    let node_args = |listen: &str| {
+        vec![
+            "node".to_string(),
+            "--identity".into(),
+            identity.into(),
+            "--listen".into(),
+            listen.into(),
+            "--stun-port".into(),
+            "0".into(),
+            "--no-mdns".into(),
+            "--json".into(),
+        ]
+    };
+    let args = node_args("/ip4/127.0.0.1/tcp/0");
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let mut node = Proc::spawn("comeback-node-before", &args);
+    let (_, addr) = node.ready();
+    let room = room_name("comeback");
+    let mut a = Proc::join("comeback-a", &room, &addr);
+    let (a_id, _) = a.ready();
+
+    // Its only node dies before it learnt any other: it says so instead of going quiet.
+    node.child.kill().unwrap();
+    node.child.wait().unwrap();
+    let lost = a.wait_for("network_lost", |e| {
+        e["event"] == "error" && e["kind"] == "network_lost"
+    });
+    assert!(lost["message"].as_str().unwrap().contains("bootstrap"));
+
+    // The node comes back on the same address: the joiner dials it again by itself.
+    let listen = addr.split("/p2p/").next().unwrap().to_string();
+    let args = node_args(&listen);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let mut node = Proc::spawn("comeback-node-after", &args);
+    node.ready();
+    a.wait_event("network_restored");
+
+    let mut b = Proc::join("comeback-b", &room, &addr);
+    let (b_id, _) = b.ready();
+    both_open(&mut a, &a_id, &mut b, &b_id);
+}

@@ -259,7 +259,10 @@ fn unreachable_bootstrap_node_is_a_clear_error() {
         &addr,
     ]);
     assert!(!ok);
-    assert!(stderr.contains("no bootstrap peer answered"), "{stderr}");
+    assert!(
+        stderr.contains("no bootstrap peer could be reached"),
+        "{stderr}"
+    );
 }
 
 #[test]

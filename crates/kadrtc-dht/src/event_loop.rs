@@ -25,7 +25,7 @@ use libp2p::{
     swarm::{behaviour::toggle::Toggle, NetworkBehaviour, SwarmEvent},
     tcp, yamux, Multiaddr, PeerId, StreamProtocol, Swarm,
 };
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::ice::{
     IceRequest, IceResponse, IceService, NodeIceServers, ICE_PROTOCOL, ICE_REQUEST_TIMEOUT,
@@ -81,7 +81,20 @@ struct EventLoop {
     pending_ice: HashMap<request_response::OutboundRequestId, PendingIce>,
     /// The IP each connected peer was reached at (its most recent connection).
     peer_ips: HashMap<PeerId, IpAddr>,
+    /// The bootstrap addresses, dialled again while no peer at all is connected.
+    bootstrap: Vec<Multiaddr>,
+    /// When to dial them next, and the wait after that: see [`REDIAL_INITIAL`].
+    redial: Option<(tokio::time::Instant, Duration)>,
+    /// Peers connected now, for [`crate::DhtHandle::connected`].
+    connected: watch::Sender<usize>,
 }
+
+/// First wait before a node that lost its last connection dials its bootstrap peers again;
+/// it doubles up to [`REDIAL_MAX`] for as long as none answers. Without it a node whose
+/// bootstrap peers died before it learnt any other peer would stay cut off for good.
+const REDIAL_INITIAL: Duration = Duration::from_secs(1);
+/// Longest wait between two rounds of bootstrap dials.
+const REDIAL_MAX: Duration = Duration::from_secs(30);
 
 /// An [`ICE_PROTOCOL`] request in flight.
 struct PendingIce {
@@ -105,6 +118,14 @@ struct PendingGet {
 struct Pending<T> {
     found: T,
     reply: oneshot::Sender<Result<T, DhtError>>,
+}
+
+/// Sleeps until `at`, or for ever when `None`.
+async fn sleep_until_some(at: Option<tokio::time::Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
 }
 
 /// What a node exchanged since it started; read as [`Traffic`].
@@ -141,6 +162,7 @@ pub(crate) async fn start(
     config: DhtConfig,
     commands: mpsc::Receiver<Command>,
     traffic: Arc<TrafficCounters>,
+    connected_peers: watch::Sender<usize>,
 ) -> Result<Vec<Multiaddr>, DhtError> {
     let mut swarm = build_swarm(&config)?;
     let local = *swarm.local_peer_id();
@@ -236,7 +258,11 @@ pub(crate) async fn start(
                 if !connected {
                     return Err(DhtError::BootstrapUnreachable {
                         timeout: config.bootstrap_timeout,
-                        details: if dial_errors.is_empty() { "no answer".into() } else { dial_errors.join("; ") },
+                        details: if dial_errors.is_empty() {
+                            format!("no answer within {:?}", config.bootstrap_timeout)
+                        } else {
+                            dial_errors.join("; ")
+                        },
                     });
                 }
                 return Err(DhtError::Listen {
@@ -281,6 +307,9 @@ pub(crate) async fn start(
         pending_ice: HashMap::new(),
         peer_ips,
         traffic,
+        bootstrap: config.bootstrap.clone(),
+        redial: None,
+        connected: connected_peers,
     };
     tokio::spawn(event_loop.run());
     Ok(addrs)
@@ -458,15 +487,51 @@ fn build_swarm(config: &DhtConfig) -> Result<Swarm<Behaviour>, DhtError> {
 
 impl EventLoop {
     async fn run(mut self) {
+        self.connected
+            .send_replace(self.swarm.connected_peers().count());
         loop {
+            let redial_at = self.redial.map(|(at, _)| at);
             tokio::select! {
                 event = self.swarm.select_next_some() => self.handle_swarm_event(event),
                 command = self.commands.recv() => match command {
                     Some(command) => self.handle_command(command),
                     None => return,
                 },
+                () = sleep_until_some(redial_at) => self.redial_bootstrap(),
             }
         }
+    }
+
+    /// Dials every bootstrap address again (while no peer is connected) and schedules the
+    /// next round.
+    fn redial_bootstrap(&mut self) {
+        let Some((_, wait)) = self.redial else {
+            return;
+        };
+        if self.swarm.connected_peers().next().is_some() {
+            self.redial = None;
+            return;
+        }
+        tracing::info!(
+            bootstraps = self.bootstrap.len(),
+            "no peer connected; dialling the bootstrap peers again"
+        );
+        for addr in self.bootstrap.clone() {
+            if let Some(Protocol::P2p(peer)) = addr.iter().last() {
+                let transport: Multiaddr = addr
+                    .iter()
+                    .filter(|p| !matches!(p, Protocol::P2p(_)))
+                    .collect();
+                self.swarm.behaviour_mut().kad.add_address(&peer, transport);
+            }
+            if let Err(error) = self.swarm.dial(addr.clone()) {
+                tracing::debug!(%addr, %error, "bootstrap redial");
+            }
+        }
+        self.redial = Some((
+            tokio::time::Instant::now() + wait,
+            (wait * 2).min(REDIAL_MAX),
+        ));
     }
 
     fn handle_command(&mut self, command: Command) {
@@ -664,6 +729,15 @@ impl EventLoop {
                 if let Some(ip) = ip_of(addr) {
                     self.peer_ips.insert(peer_id, ip);
                 }
+                if self.redial.take().is_some() {
+                    // Back in the network: refill the routing table from there.
+                    tracing::info!(%peer_id, "connected again after losing every peer");
+                    if let Err(error) = self.swarm.behaviour_mut().kad.bootstrap() {
+                        tracing::debug!(%error, "kademlia bootstrap");
+                    }
+                }
+                self.connected
+                    .send_replace(self.swarm.connected_peers().count());
             }
             SwarmEvent::ConnectionClosed {
                 peer_id,
@@ -674,6 +748,15 @@ impl EventLoop {
                 tracing::debug!(%peer_id, ?cause, "connection closed");
                 if num_established == 0 {
                     self.peer_ips.remove(&peer_id);
+                }
+                let peers = self.swarm.connected_peers().count();
+                self.connected.send_replace(peers);
+                if peers == 0 && !self.bootstrap.is_empty() && self.redial.is_none() {
+                    tracing::warn!("lost the last connection to the network; dialling the bootstrap peers again");
+                    self.redial = Some((
+                        tokio::time::Instant::now() + REDIAL_INITIAL,
+                        REDIAL_INITIAL * 2,
+                    ));
                 }
             }
             _ => {}

@@ -45,7 +45,7 @@ use std::time::Duration;
 use kadrtc_proto::{Envelope, Sealed};
 use libp2p::{identity::Keypair, Multiaddr, PeerId};
 use thiserror::Error;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot, watch};
 
 pub use event_loop::validate_mailbox_record;
 pub use ice::{
@@ -151,6 +151,7 @@ pub struct DhtHandle {
     listen_addrs: Vec<Multiaddr>,
     commands: mpsc::Sender<Command>,
     traffic: Arc<event_loop::TrafficCounters>,
+    connected: watch::Receiver<usize>,
 }
 
 /// Messages a node exchanged since it started, by kind (from [`DhtHandle::traffic`]). Only
@@ -262,10 +263,10 @@ pub enum DhtError {
     /// A bootstrap address does not end in `/p2p/<PeerId>`.
     #[error("bootstrap address {0} does not end in /p2p/<PeerId>")]
     BootstrapWithoutPeerId(Multiaddr),
-    /// No bootstrap peer could be reached.
-    #[error("no bootstrap peer answered within {timeout:?} ({details}); check that the addresses are right and the nodes are running")]
+    /// No bootstrap peer could be reached: every dial failed, or none answered in time.
+    #[error("no bootstrap peer could be reached ({details}); check that the addresses are right and the nodes are running")]
     BootstrapUnreachable {
-        /// How long we waited.
+        /// How long we waited: zero when every dial failed at once.
         timeout: Duration,
         /// What each dial attempt said.
         details: String,
@@ -406,13 +407,23 @@ impl DhtHandle {
         let peer_id = config.keypair.public().to_peer_id();
         let (commands, receiver) = mpsc::channel(COMMAND_CHANNEL_CAPACITY);
         let traffic = Arc::new(event_loop::TrafficCounters::default());
-        let listen_addrs = event_loop::start(config, receiver, traffic.clone()).await?;
+        let (connected_tx, connected) = watch::channel(0);
+        let listen_addrs =
+            event_loop::start(config, receiver, traffic.clone(), connected_tx).await?;
         Ok(Self {
             peer_id,
             listen_addrs,
             commands,
             traffic,
+            connected,
         })
+    }
+
+    /// How many peers this node is connected to, updated as connections come and go. When
+    /// the last one closes, the node dials its bootstrap peers again (after 1 s, then with
+    /// doubling waits up to 30 s) until one answers.
+    pub fn connected(&self) -> watch::Receiver<usize> {
+        self.connected.clone()
     }
 
     /// What this node exchanged since it started.
