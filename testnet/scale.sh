@@ -7,7 +7,8 @@
 # Scenarios, in the order `all` runs them:
 #   procs      30 `kadrtc node` processes, 20 rooms × 2 `kadrtc join` started at once
 #              (testnet/churn.sh): every pair connects; join-to-open p50 / p99
-#   kill       the same, with 10 random nodes SIGKILLed while the joiners start
+#   kill       the same, with 10 random nodes SIGKILLed while the joiners start (each joiner
+#              keeps one live bootstrap node: one that knows no live node cannot join)
 #   network    200 DHT nodes and 100 rooms × 2 members in one process (kadrtc-scale, on
 #              libp2p's memory transport): every pair connects; record gets and requests per
 #              get against log2 N; memory per node; messages per node per minute
@@ -85,14 +86,14 @@ SCALE_BIN="$TARGET_DIR/$PROFILE/kadrtc-scale"
 # The counts of each scenario, full and --small.
 if ((SMALL)); then
   PROCS_ARGS=(--nodes 10 --rooms 4)
-  KILL_ARGS=(--nodes 10 --rooms 4 --kill 3)
+  KILL_ARGS=(--nodes 10 --rooms 4 --kill 3 --keep-a-bootstrap)
   NETWORK_ARGS=(--nodes 40 --rooms 20 --gets 40 --observe-s 20)
   SOAK_ARGS=(--minutes 1 --pairs 3)
   IDLE_ARGS=(--minutes 1)
   CUT_RUNS=1
 else
   PROCS_ARGS=(--nodes 30 --rooms 20)
-  KILL_ARGS=(--nodes 30 --rooms 20 --kill 10)
+  KILL_ARGS=(--nodes 30 --rooms 20 --kill 10 --keep-a-bootstrap)
   NETWORK_ARGS=(--nodes 200 --rooms 100 --gets 200 --observe-s 60)
   SOAK_ARGS=(--minutes 10 --pairs 4)
   IDLE_ARGS=(--minutes 5)
