@@ -87,7 +87,15 @@ struct EventLoop {
     redial: Option<(tokio::time::Instant, Duration)>,
     /// Peers connected now, for [`crate::DhtHandle::connected`].
     connected: watch::Sender<usize>,
+    /// Keys this node stores provider records under, for [`EventLoop::purge_expired`].
+    provider_keys: HashSet<kad::RecordKey>,
 }
+
+/// How often expired records and provider records leave the store. libp2p-kad drops them
+/// only when it reads them (a lookup of that key) or at its hourly replication; in between a
+/// node that stores for many rooms would fill its store ([`MAX_STORED_RECORDS`],
+/// [`MAX_PROVIDED_KEYS`]) with dead ones and refuse new ones.
+const PURGE_INTERVAL: Duration = Duration::from_secs(30);
 
 /// First wait before a node that lost its last connection dials its bootstrap peers again;
 /// it doubles up to [`REDIAL_MAX`] for as long as none answers. Without it a node whose
@@ -150,10 +158,21 @@ impl TrafficCounters {
     }
 }
 
-impl Traffic {
-    fn add(counter: &AtomicU64, n: u64) {
-        counter.fetch_add(n, Ordering::Relaxed);
-    }
+/// Adds `n` to one of the [`TrafficCounters`].
+fn count(counter: &AtomicU64, n: u64) {
+    counter.fetch_add(n, Ordering::Relaxed);
+}
+
+/// A `/p2p/<PeerId>`-terminated address split into the peer and its transport address.
+fn split_p2p(addr: &Multiaddr) -> Option<(PeerId, Multiaddr)> {
+    let Some(Protocol::P2p(peer)) = addr.iter().last() else {
+        return None;
+    };
+    let transport = addr
+        .iter()
+        .filter(|p| !matches!(p, Protocol::P2p(_)))
+        .collect();
+    Some((peer, transport))
 }
 
 /// Builds the swarm, listens, bootstraps and spawns the loop. Returns the full listen
@@ -188,13 +207,9 @@ pub(crate) async fn start(
     let mut bootstrap_peers = HashSet::new();
     let mut dial_errors = Vec::new();
     for addr in &config.bootstrap {
-        let Some(Protocol::P2p(peer)) = addr.iter().last() else {
+        let Some((peer, transport_addr)) = split_p2p(addr) else {
             return Err(DhtError::BootstrapWithoutPeerId(addr.clone()));
         };
-        let transport_addr: Multiaddr = addr
-            .iter()
-            .filter(|p| !matches!(p, Protocol::P2p(_)))
-            .collect();
         swarm.behaviour_mut().kad.add_address(&peer, transport_addr);
         bootstrap_peers.insert(peer);
         if let Err(error) = swarm.dial(addr.clone()) {
@@ -310,6 +325,7 @@ pub(crate) async fn start(
         bootstrap: config.bootstrap.clone(),
         redial: None,
         connected: connected_peers,
+        provider_keys: HashSet::new(),
     };
     tokio::spawn(event_loop.run());
     Ok(addrs)
@@ -489,9 +505,12 @@ impl EventLoop {
     async fn run(mut self) {
         self.connected
             .send_replace(self.swarm.connected_peers().count());
+        let mut purge = tokio::time::interval(PURGE_INTERVAL);
+        purge.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             let redial_at = self.redial.map(|(at, _)| at);
             tokio::select! {
+                _ = purge.tick() => self.purge_expired(),
                 event = self.swarm.select_next_some() => self.handle_swarm_event(event),
                 command = self.commands.recv() => match command {
                     Some(command) => self.handle_command(command),
@@ -499,6 +518,38 @@ impl EventLoop {
                 },
                 () = sleep_until_some(redial_at) => self.redial_bootstrap(),
             }
+        }
+    }
+
+    /// Removes expired records and provider records from the store (see [`PURGE_INTERVAL`]).
+    fn purge_expired(&mut self) {
+        let now = std::time::Instant::now();
+        let store = self.swarm.behaviour_mut().kad.store_mut();
+        let expired: Vec<kad::RecordKey> = store
+            .records()
+            .filter(|record| record.is_expired(now))
+            .map(|record| record.key.clone())
+            .collect();
+        for key in &expired {
+            store.remove(key);
+        }
+        let mut providers_removed = 0;
+        self.provider_keys.retain(|key| {
+            let providers = store.providers(key);
+            let mut left = providers.len();
+            for provider in providers.iter().filter(|p| p.is_expired(now)) {
+                store.remove_provider(key, &provider.provider);
+                providers_removed += 1;
+                left -= 1;
+            }
+            left > 0
+        });
+        if !expired.is_empty() || providers_removed > 0 {
+            tracing::debug!(
+                records = expired.len(),
+                providers = providers_removed,
+                "expired records removed from the store"
+            );
         }
     }
 
@@ -517,11 +568,7 @@ impl EventLoop {
             "no peer connected; dialling the bootstrap peers again"
         );
         for addr in self.bootstrap.clone() {
-            if let Some(Protocol::P2p(peer)) = addr.iter().last() {
-                let transport: Multiaddr = addr
-                    .iter()
-                    .filter(|p| !matches!(p, Protocol::P2p(_)))
-                    .collect();
+            if let Some((peer, transport)) = split_p2p(&addr) {
                 self.swarm.behaviour_mut().kad.add_address(&peer, transport);
             }
             if let Err(error) = self.swarm.dial(addr.clone()) {
@@ -618,7 +665,7 @@ impl EventLoop {
                 let result = behaviour
                     .gossipsub
                     .publish(gossipsub::IdentTopic::new(topic), data)
-                    .map(|_| Traffic::add(&self.traffic.topic_messages_published, 1))
+                    .map(|_| count(&self.traffic.topic_messages_published, 1))
                     .map_err(|e| DhtError::Publish(e.to_string()));
                 let _ = reply.send(result);
             }
@@ -719,7 +766,7 @@ impl EventLoop {
                 handle_mdns_event(&mut self.swarm, event)
             }
             SwarmEvent::Behaviour(BehaviourEvent::Ping(_)) => {
-                Traffic::add(&self.traffic.pings, 1);
+                count(&self.traffic.pings, 1);
             }
             SwarmEvent::ConnectionEstablished {
                 peer_id, endpoint, ..
@@ -766,7 +813,7 @@ impl EventLoop {
     fn handle_kad_event(&mut self, event: kad::Event) {
         match event {
             kad::Event::InboundRequest { request } => {
-                Traffic::add(&self.traffic.kad_requests_received, 1);
+                count(&self.traffic.kad_requests_received, 1);
                 self.handle_inbound(request)
             }
             kad::Event::OutboundQueryProgressed {
@@ -776,7 +823,7 @@ impl EventLoop {
                 stats,
             } => {
                 if step.last {
-                    Traffic::add(
+                    count(
                         &self.traffic.kad_requests_sent,
                         u64::from(stats.num_requests()),
                     );
@@ -920,8 +967,12 @@ impl EventLoop {
                 if !self.provider_rate.allow(record.provider) {
                     tracing::warn!(provider = %record.provider, limit = MAX_PROVIDER_RECORDS_PER_PUBLISHER_PER_MINUTE, "rejected provider record: publisher over its provider records per minute");
                 } else if is_presence_key(record.key.as_ref()) {
-                    if let Err(error) = store.add_provider(record) {
-                        tracing::warn!(%error, "provider record not stored");
+                    let key = record.key.clone();
+                    match store.add_provider(record) {
+                        Ok(()) => {
+                            self.provider_keys.insert(key);
+                        }
+                        Err(error) => tracing::warn!(%error, "provider record not stored"),
                     }
                 } else {
                     tracing::warn!(provider = %record.provider, "rejected provider record: key is not a sha2-256 multihash");
@@ -938,7 +989,7 @@ impl EventLoop {
                 message_id,
                 message,
             } => {
-                Traffic::add(&self.traffic.topic_messages_received, 1);
+                count(&self.traffic.topic_messages_received, 1);
                 (propagation_source, message_id, message)
             }
             gossipsub::Event::Subscribed { peer_id, topic } => {

@@ -959,7 +959,7 @@ impl<T: Clone + Send + Sync + 'static> PeerConnectionEventHandler for Handler<T>
 }
 
 /// How often a connection's driver is woken between ICE connecting and the open channel.
-const SETUP_WAKE_INTERVAL: Duration = Duration::from_millis(1);
+const SETUP_WAKE_INTERVAL: Duration = Duration::from_millis(10);
 /// The longest a connection keeps being woken.
 const SETUP_WAKE_LIMIT: Duration = Duration::from_secs(2);
 

@@ -1,10 +1,10 @@
 //! `kadrtc-scale`: issue 7's in-process figures, on libp2p's memory transport (no socket per
 //! DHT connection, so hundreds of nodes fit in one process) with WebRTC on 127.0.0.1.
 //!
-//! - `network`: N nodes, R rooms of two members each joined at once: every pair must
-//!   connect; join-to-open p50 / p99; `get_record` of the members' mailbox records from
-//!   random nodes (latency, requests per get against log₂ N); memory per node; DHT and
-//!   gossipsub messages per node per minute.
+//! - `network`: N nodes, R rooms of two of them, joined at once or at a given rate: every
+//!   pair must connect; join-to-open p50 / p99; as each pair opens, a `get_record` of one of
+//!   its mailbox records from a random other node (latency, requests per get against
+//!   log₂ N); memory per node; DHT and gossipsub messages per node per minute.
 //! - `idle`: two members connected in a room of a small network, then left alone: the
 //!   messages per minute of each member and of the network's nodes after the connection.
 //! - `soak`: pairs join a fresh room, exchange a message and leave, over and over: RSS and
@@ -54,18 +54,19 @@ struct Cli {
 enum Scenario {
     /// N nodes, R rooms of two members joined at once: every pair connects.
     Network {
-        /// Nodes in the network, members included.
+        /// Nodes in the network, members included: each serves the DHT (in one process every
+        /// node can be dialled, as a `kadrtc node` can).
         #[arg(long, default_value_t = 200, value_parser = clap::value_parser!(u16).range(4..=1000))]
         nodes: u16,
-        /// Rooms, two members each (each member is one of the nodes).
+        /// Rooms, two members each: the last 2 × R nodes.
         #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(u16).range(1..=500))]
         rooms: u16,
-        /// Mailbox records fetched from random nodes once the rooms are connected.
-        #[arg(long, default_value_t = 100)]
-        gets: usize,
-        /// Seconds every pair has to connect.
+        /// Seconds every pair has to connect, from its own start.
         #[arg(long, default_value_t = 120)]
         timeout_s: u64,
+        /// Rooms joined per second (default: all at once).
+        #[arg(long, value_name = "ROOMS_PER_S")]
+        join_rate: Option<f64>,
         /// Seconds the connected network is watched for its messages per node per minute.
         #[arg(long, default_value_t = 60)]
         observe_s: u64,
@@ -131,15 +132,19 @@ async fn run(cli: Cli) -> anyhow::Result<bool> {
         Scenario::Network {
             nodes,
             rooms,
-            gets,
             timeout_s,
+            join_rate,
             observe_s,
         } => {
+            ensure!(
+                join_rate.is_none_or(|rate| rate.is_finite() && rate > 0.0),
+                "--join-rate must be a positive number of rooms per second"
+            );
             let report = network(
                 usize::from(nodes),
                 usize::from(rooms),
-                gets,
                 Duration::from_secs(timeout_s),
+                join_rate,
                 Duration::from_secs(observe_s),
             )
             .await?;
@@ -197,7 +202,7 @@ enum Report {
 
 #[derive(Debug, Serialize)]
 struct NetworkReport {
-    /// DHT nodes, members not included.
+    /// Nodes in no room.
     dht_nodes: usize,
     /// Every node, members included.
     nodes: usize,
@@ -215,6 +220,8 @@ struct NetworkReport {
     log2_nodes: f64,
     rss_mib: f64,
     rss_per_node_kib: f64,
+    /// Rooms joined per second; `None`: all at once.
+    join_rate: Option<f64>,
     /// DHT and gossipsub messages per node from the joins to the last channel open.
     setup_messages_per_node: f64,
     /// Then per node per minute, with every pair connected.
@@ -267,17 +274,19 @@ impl Report {
     fn text(&self) -> String {
         match self {
             Report::Network(r) => format!(
-                "network: {} DHT nodes and {} rooms × 2 members joined at once, {} nodes in one process\n\
+                "network: {} nodes in one process (all serving the DHT), {} rooms of two of them joined {} ({} nodes in no room)\n\
                  pairs connected        {}/{}\n\
                  join-to-open           p50 {:.0} ms, p99 {:.0} ms, max {:.0} ms\n\
                  record get             {}/{} found; p50 {:.1} ms, p99 {:.1} ms\n\
                  requests per get       mean {:.1}, p99 {:.0} (log2 N = {:.1})\n\
-                 memory                 RSS {:.0} MiB, {:.0} KiB per node (members and their peer connections included)\n\
+                 memory                 RSS {:.0} MiB, {:.0} KiB per node (peer connections included)\n\
                  messages per node      {:.1} to connect the rooms; then {:.1} per minute (DHT and gossipsub, over {:.1} min)\n\
                  network start          {:.1} s\n",
-                r.dht_nodes,
-                r.rooms,
                 r.nodes,
+                r.rooms,
+                r.join_rate
+                    .map_or_else(|| "at once".to_string(), |rate| format!("{rate} per second")),
+                r.dht_nodes,
                 r.pairs_connected,
                 r.rooms,
                 r.join_to_open_p50_ms,
@@ -465,38 +474,71 @@ async fn until_open(
 async fn network(
     count: usize,
     rooms: usize,
-    gets: usize,
     timeout: Duration,
+    join_rate: Option<f64>,
     observe: Duration,
 ) -> anyhow::Result<NetworkReport> {
+    ensure!(
+        2 * rooms <= count,
+        "{rooms} rooms need {} member nodes; the network has {count}",
+        2 * rooms
+    );
     let rss_before = rss_mib()?;
-    eprintln!("== network: {count} DHT nodes, {rooms} rooms of two more nodes each");
+    eprintln!("== network: {count} nodes, {rooms} rooms of two of them");
     let started = Instant::now();
-    let mut nodes = start_network(count).await?;
-    let members = start_nodes(2 * rooms, &nodes, false).await?;
+    let nodes = start_network(count).await?;
     let start_s = started.elapsed().as_secs_f64();
-    let dht_nodes = nodes.len();
-    nodes.extend(members);
-    let count = nodes.len();
+    // The members are the last 2 × rooms nodes.
+    let dht_nodes = count - 2 * rooms;
     let traffic_before: Vec<Traffic> = nodes.iter().map(Node::traffic).collect();
     let traffic_from = Instant::now();
 
     let tag: u64 = rand::rng().random();
-    let deadline = tokio::time::Instant::now() + timeout;
     let names: Vec<String> = (0..rooms).map(|i| format!("scale-{tag:x}-{i}")).collect();
     let joins = names.iter().enumerate().map(|(i, name)| {
         let (a, b) = (&nodes[dht_nodes + 2 * i], &nodes[dht_nodes + 2 * i + 1]);
-        async move { connect_pair(a, b, name, deadline).await }
+        // Each pair's deadline counts from its own start.
+        let start_in = join_rate.map_or(Duration::ZERO, |rate| {
+            Duration::from_secs_f64(i as f64 / rate)
+        });
+        let nodes = &nodes;
+        async move {
+            tokio::time::sleep(start_in).await;
+            let (room_a, room_b, times) =
+                connect_pair(a, b, name, tokio::time::Instant::now() + timeout).await?;
+            // The mailbox record a wrote for b, while it lives, from a node outside the room.
+            let key = RoomName::new(name.clone())?
+                .id()
+                .mailbox_key(&a.peer_id(), &b.peer_id());
+            let asker = loop {
+                let node = &nodes[rand::rng().random_range(0..nodes.len())];
+                if node.peer_id() != a.peer_id() && node.peer_id() != b.peer_id() {
+                    break node;
+                }
+            };
+            let began = Instant::now();
+            let (values, query) = asker.dht().get_record_with_stats(key).await?;
+            let get = (
+                stats::ms(&began.elapsed()),
+                f64::from(query.requests),
+                !values.is_empty(),
+            );
+            anyhow::Ok((room_a, room_b, times, get))
+        }
     });
     let outcomes = futures::future::join_all(joins).await;
     let mut open_ms = Vec::new();
     let mut held = Vec::new();
     let mut failures = Vec::new();
+    let (mut get_ms, mut requests, mut found) = (Vec::new(), Vec::new(), 0);
     for outcome in outcomes {
         match outcome {
-            Ok((a, b, times)) => {
+            Ok((a, b, times, (ms, asked, hit))) => {
                 open_ms.extend(times.iter().map(stats::ms));
                 held.push((a, b));
+                get_ms.push(ms);
+                requests.push(asked);
+                found += usize::from(hit);
             }
             Err(error) => failures.push(format!("{error:#}")),
         }
@@ -511,34 +553,6 @@ async fn network(
         traffic_from.elapsed().as_secs_f64()
     );
 
-    // Gets of the members' mailbox records (written while they negotiated) from random
-    // nodes that are not in the room.
-    let mut get_ms = Vec::new();
-    let mut requests = Vec::new();
-    let mut found = 0;
-    for g in 0..gets.min(rooms * 2) {
-        let room = g % rooms;
-        let (from, to) = if (g / rooms).is_multiple_of(2) {
-            (dht_nodes + 2 * room, dht_nodes + 2 * room + 1)
-        } else {
-            (dht_nodes + 2 * room + 1, dht_nodes + 2 * room)
-        };
-        let key = RoomName::new(names[room].clone())?
-            .id()
-            .mailbox_key(&nodes[from].peer_id(), &nodes[to].peer_id());
-        // Any node but the pair; members ask as clients do.
-        let asker = loop {
-            let i = rand::rng().random_range(0..count);
-            if i != from && i != to {
-                break i;
-            }
-        };
-        let began = Instant::now();
-        let (values, query) = nodes[asker].dht().get_record_with_stats(key).await?;
-        get_ms.push(stats::ms(&began.elapsed()));
-        requests.push(f64::from(query.requests));
-        found += usize::from(!values.is_empty());
-    }
     let rss = rss_mib()?;
 
     eprintln!(
@@ -567,6 +581,7 @@ async fn network(
         log2_nodes: (count as f64).log2(),
         rss_mib: rss,
         rss_per_node_kib: (rss - rss_before) * 1024.0 / count as f64,
+        join_rate,
         setup_messages_per_node: setup_messages as f64 / count as f64,
         connected_messages_per_node_per_minute: watched as f64 / count as f64 / minutes,
         observed_minutes: minutes,
