@@ -91,6 +91,11 @@ enum Scenario {
         /// Nodes in the network besides the members.
         #[arg(long, default_value_t = 10)]
         nodes: u16,
+        /// Seconds from the start of one round of a pair to the start of its next (a member
+        /// announces at most 6 rooms a minute: DHT nodes refuse more provider records from
+        /// one publisher).
+        #[arg(long, default_value_t = 10)]
+        round_interval_s: u64,
         /// Most RSS growth allowed over the run, MiB (from after the first round).
         #[arg(long, default_value_t = 64)]
         max_rss_growth_mib: u64,
@@ -161,6 +166,7 @@ async fn run(cli: Cli) -> anyhow::Result<bool> {
             minutes,
             pairs,
             nodes,
+            round_interval_s,
             max_rss_growth_mib,
             max_leftover_files,
         } => {
@@ -168,6 +174,7 @@ async fn run(cli: Cli) -> anyhow::Result<bool> {
                 usize::from(nodes),
                 usize::from(pairs),
                 minutes_to_duration(minutes)?,
+                Duration::from_secs(round_interval_s),
             )
             .await?;
             let passed = report.failed_rounds == 0
@@ -258,6 +265,7 @@ struct SoakReport {
     failed_rounds: usize,
     round_p50_ms: f64,
     round_max_ms: f64,
+    round_interval_s: f64,
     /// (seconds since start, RSS MiB, open files)
     samples: Vec<(f64, f64, usize)>,
     rss_start_mib: f64,
@@ -320,12 +328,13 @@ impl Report {
             }
             Report::Soak(r) => {
                 let mut text = format!(
-                    "soak: {} pairs joining and leaving fresh rooms for {:.1} min\n\
+                    "soak: {} pairs joining and leaving a fresh room every {:.0} s for {:.1} min\n\
                      rounds                 {} ({} failed); round p50 {:.0} ms, max {:.0} ms\n\
                      RSS                    start {:.1} MiB, max {:.1}, end {:.1} (growth {:.1} MiB)\n\
                      open files             start {}, max {}, end {} (left over {})\n\
                      samples (s, RSS MiB, files):",
                     r.pairs,
+                    r.round_interval_s,
                     r.minutes,
                     r.rounds,
                     r.failed_rounds,
@@ -691,7 +700,12 @@ fn add(a: &Traffic, b: &Traffic) -> Traffic {
     sum
 }
 
-async fn soak(others: usize, pairs: usize, period: Duration) -> anyhow::Result<SoakReport> {
+async fn soak(
+    others: usize,
+    pairs: usize,
+    period: Duration,
+    round_interval: Duration,
+) -> anyhow::Result<SoakReport> {
     eprintln!("== soak: {pairs} pairs over {others} nodes");
     let nodes = start_network(others).await?;
     let mut started = start_nodes(2 * pairs, &nodes, false).await?.into_iter();
@@ -705,6 +719,7 @@ async fn soak(others: usize, pairs: usize, period: Duration) -> anyhow::Result<S
     let rss_start = rss_mib()?;
     let mut samples = vec![(0.0, rss_start, files_start)];
     let rounds = members.iter().enumerate().map(|(p, (a, b))| async move {
+        tokio::time::sleep(round_interval.mul_f64(p as f64 / pairs as f64)).await;
         let mut times = Vec::new();
         let mut failed = 0;
         let mut round = 0u64;
@@ -720,6 +735,9 @@ async fn soak(others: usize, pairs: usize, period: Duration) -> anyhow::Result<S
                     failed += 1;
                 }
             }
+            // Pairs start their rounds spread over the interval, not all at once.
+            let next = began + round_interval;
+            tokio::time::sleep_until(next.min(end).into()).await;
         }
         (times, failed)
     });
@@ -761,6 +779,7 @@ async fn soak(others: usize, pairs: usize, period: Duration) -> anyhow::Result<S
     Ok(SoakReport {
         minutes: period.as_secs_f64() / 60.0,
         pairs,
+        round_interval_s: round_interval.as_secs_f64(),
         rounds: times.len() + failed_rounds,
         failed_rounds,
         round_p50_ms: percentile(&times, 0.5),
