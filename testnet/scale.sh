@@ -201,9 +201,11 @@ if d is None:
     rows.append(("soak", "did not run (see soak.log)"))
 else:
     rows.append(("%.0f-minute soak, %d pairs joining and leaving" % (d["minutes"], d["pairs"]),
-                 "%d rounds (%d failed); RSS %.1f → max %.1f → end %.1f MiB (growth %.1f); open files %d → max %d → end %d"
+                 "%d rounds (%d failed); RSS %.1f → max %.1f → end %.1f MiB (growth after the first minute %.1f); "
+                 "open files %d → max %d → end %d; tasks %d → %d"
                  % (d["rounds"], d["failed_rounds"], d["rss_start_mib"], d["rss_max_mib"], d["rss_end_mib"],
-                    d["rss_growth_mib"], d["files_start"], d["files_max"], d["files_end"])))
+                    d["rss_growth_mib"], d["files_start"], d["files_max"], d["files_end"],
+                    d["tasks_start"], d["tasks_end"])))
 
 d = load("idle")
 if d is None:

@@ -266,11 +266,15 @@ struct SoakReport {
     round_p50_ms: f64,
     round_max_ms: f64,
     round_interval_s: f64,
-    /// (seconds since start, RSS MiB, open files)
-    samples: Vec<(f64, f64, usize)>,
+    /// Tokio tasks alive before the first round and once every pair left.
+    tasks_start: usize,
+    tasks_end: usize,
+    /// (seconds since start, RSS MiB, open files, tokio tasks alive)
+    samples: Vec<(f64, f64, usize, usize)>,
     rss_start_mib: f64,
     rss_max_mib: f64,
     rss_end_mib: f64,
+    /// From the first sample after a minute to the largest.
     rss_growth_mib: f64,
     files_start: usize,
     files_max: usize,
@@ -332,7 +336,8 @@ impl Report {
                      rounds                 {} ({} failed); round p50 {:.0} ms, max {:.0} ms\n\
                      RSS                    start {:.1} MiB, max {:.1}, end {:.1} (growth {:.1} MiB)\n\
                      open files             start {}, max {}, end {} (left over {})\n\
-                     samples (s, RSS MiB, files):",
+                     tokio tasks            start {}, end {}\n\
+                     samples (s, RSS MiB, files, tasks):",
                     r.pairs,
                     r.round_interval_s,
                     r.minutes,
@@ -348,9 +353,11 @@ impl Report {
                     r.files_max,
                     r.files_end,
                     r.leftover_files,
+                    r.tasks_start,
+                    r.tasks_end,
                 );
-                for (t, rss, files) in &r.samples {
-                    text += &format!(" ({t:.0}, {rss:.1}, {files})");
+                for (t, rss, files, tasks) in &r.samples {
+                    text += &format!(" ({t:.0}, {rss:.1}, {files}, {tasks})");
                 }
                 text + "\n"
             }
@@ -717,7 +724,10 @@ async fn soak(
     let end = began + period;
     let files_start = open_files()?;
     let rss_start = rss_mib()?;
-    let mut samples = vec![(0.0, rss_start, files_start)];
+    let tasks_start = tokio::runtime::Handle::current()
+        .metrics()
+        .num_alive_tasks();
+    let samples = vec![(0.0, rss_start, files_start, tasks_start)];
     let rounds = members.iter().enumerate().map(|(p, (a, b))| async move {
         tokio::time::sleep(round_interval.mul_f64(p as f64 / pairs as f64)).await;
         let mut times = Vec::new();
@@ -741,16 +751,19 @@ async fn soak(
         }
         (times, failed)
     });
+    let sampled = std::cell::RefCell::new(samples);
     let sampling = async {
         let mut tick = tokio::time::interval(Duration::from_secs(15));
         tick.tick().await;
-        let mut samples = Vec::new();
         loop {
             tick.tick().await;
             let (rss, files) = (rss_mib().unwrap_or(0.0), open_files().unwrap_or(0));
+            let tasks = tokio::runtime::Handle::current()
+                .metrics()
+                .num_alive_tasks();
             let t = began.elapsed().as_secs_f64();
-            eprintln!("   {t:.0} s: RSS {rss:.1} MiB, {files} open files");
-            samples.push((t, rss, files));
+            eprintln!("   {t:.0} s: RSS {rss:.1} MiB, {files} open files, {tasks} tasks");
+            sampled.borrow_mut().push((t, rss, files, tasks));
         }
     };
     let outcome = tokio::select! {
@@ -765,16 +778,24 @@ async fn soak(
         files_end = open_files()?;
     }
     let rss_end = rss_mib()?;
-    samples.push((began.elapsed().as_secs_f64(), rss_end, files_end));
+    let tasks_end = tokio::runtime::Handle::current()
+        .metrics()
+        .num_alive_tasks();
+    let mut samples = sampled.into_inner();
+    samples.push((began.elapsed().as_secs_f64(), rss_end, files_end, tasks_end));
     let mut times = Vec::new();
     let mut failed_rounds = 0;
     for (t, failed) in outcome {
         times.extend(t);
         failed_rounds += failed;
     }
-    // Growth is measured from the first sample after the first rounds (allocator arenas
-    // and caches fill then).
-    let baseline = samples.get(1).map_or(rss_start, |s| s.1);
+    // Growth is measured from the first sample after a minute of rounds (allocator arenas
+    // and caches fill then), or the last one of a shorter run.
+    let baseline = samples
+        .iter()
+        .find(|s| s.0 >= 60.0)
+        .or(samples.last())
+        .map_or(rss_start, |s| s.1);
     let rss_max = samples.iter().map(|s| s.1).fold(0.0, f64::max);
     Ok(SoakReport {
         minutes: period.as_secs_f64() / 60.0,
@@ -792,6 +813,8 @@ async fn soak(
         files_max: samples.iter().map(|s| s.2).max().unwrap_or(0),
         files_end,
         leftover_files: files_end as i64 - files_start as i64,
+        tasks_start,
+        tasks_end,
         samples,
     })
 }
