@@ -147,9 +147,9 @@ fi
 
 # The table, from each scenario's JSON (a missing or failed one says so).
 printf '\n'
-python3 - "$OUT" "$PROFILE" "$SMALL" <<'PY'
+python3 - "$OUT" "$PROFILE" "$SMALL" "$NAT" <<'PY'
 import json, os, sys
-out, profile, small = sys.argv[1], sys.argv[2], sys.argv[3] == "1"
+out, profile, small, nat = sys.argv[1], sys.argv[2], sys.argv[3] == "1", sys.argv[4] == "1"
 
 def load(name):
     try:
@@ -187,7 +187,7 @@ else:
 
 d = load("cut")
 if d is None:
-    rows.append(("open channel's path cut 10 s, restored", "did not run"))
+    rows.append(("open channel's path cut 10 s, restored", "did not run" if nat else "skipped (--no-nat)"))
 else:
     for s in d.get("scenarios", []):
         lefts = [r[w].get("left_after_cut_ms") for r in s["runs"] for w in "AB"]

@@ -770,17 +770,21 @@ async fn soak(
         outcome = futures::future::join_all(rounds) => outcome,
         _ = sampling => unreachable!("sampling never ends"),
     };
-    // Room teardown is bounded by LEAVE_LIMIT; the last sockets close shortly after.
-    let settle_until = Instant::now() + kadrtc::LEAVE_LIMIT + Duration::from_secs(5);
+    // Room teardown is bounded by LEAVE_LIMIT; the last sockets close shortly after, and the
+    // last DHT queries of the rooms end within the query timeout (10 s).
+    let settle_until = Instant::now() + kadrtc::LEAVE_LIMIT + Duration::from_secs(15);
+    let alive = || {
+        tokio::runtime::Handle::current()
+            .metrics()
+            .num_alive_tasks()
+    };
     let mut files_end = open_files()?;
-    while files_end > files_start && Instant::now() < settle_until {
+    while (files_end > files_start || alive() > tasks_start) && Instant::now() < settle_until {
         tokio::time::sleep(Duration::from_millis(200)).await;
         files_end = open_files()?;
     }
     let rss_end = rss_mib()?;
-    let tasks_end = tokio::runtime::Handle::current()
-        .metrics()
-        .num_alive_tasks();
+    let tasks_end = alive();
     let mut samples = sampled.into_inner();
     samples.push((began.elapsed().as_secs_f64(), rss_end, files_end, tasks_end));
     let mut times = Vec::new();
