@@ -77,15 +77,18 @@ pub async fn run_join(mut args: JoinArgs, out: &Output) -> anyhow::Result<()> {
     tokio::pin!(shutdown);
     let mut connected = node.dht().connected();
     let mut network_lost = false;
+    let has_bootstrap = !args.common.bootstrap.is_empty();
     let mut watching_network = true;
     loop {
         tokio::select! {
             changed = connected.changed(), if watching_network => match changed {
                 Ok(()) => {
+                    // Only a joiner with bootstrap nodes was surely connected at start (it
+                    // waits for one); a new room or mDNS alone starts with no peer at all.
                     let peers = *connected.borrow_and_update();
-                    if (peers == 0) != network_lost {
+                    if has_bootstrap && (peers == 0) != network_lost {
                         network_lost = peers == 0;
-                        out.network(peers, !args.common.bootstrap.is_empty());
+                        out.network(peers);
                     }
                 }
                 Err(_) => watching_network = false,

@@ -221,16 +221,9 @@ impl Output {
     }
 
     /// The node lost its last connection to the network (`peers` 0), or has one again.
-    pub fn network(&self, peers: usize, has_bootstrap: bool) {
+    pub fn network(&self, peers: usize) {
         if peers == 0 {
-            let retry = if has_bootstrap {
-                "dialling the bootstrap nodes again"
-            } else {
-                "waiting for a node to be found on the local network"
-            };
-            let message = format!(
-                "lost every connection to the kadrtc network: open channels go on, but no new member can be found until a node answers ({retry})"
-            );
+            let message = "lost every connection to the kadrtc network: open channels go on, but no new member can be found until a node answers (dialling the bootstrap nodes again)";
             if self.json {
                 self.json(json!({"event": "error", "kind": "network_lost", "message": message}));
             } else {

@@ -285,6 +285,8 @@ pub struct PeerConnection {
     remote_side_channels: Arc<AtomicUsize>,
     /// Side channels this side opened and [released](SideChannel::release), open and idle.
     idle_side_channels: IdleSideChannels,
+    /// Side channels carrying something now (see [`SideChannel::in_use`]), either side's.
+    side_channels_in_use: Arc<AtomicUsize>,
     /// See [`RtcConfig::ordered`].
     ordered: bool,
 }
@@ -306,6 +308,18 @@ pub struct SideChannel {
     messages: mpsc::Receiver<Vec<u8>>,
     /// Where [`SideChannel::release`] puts it: set on side channels this side opened.
     idle: Option<Weak<std::sync::Mutex<Vec<SideChannel>>>>,
+    /// The connection's count of side channels in use.
+    in_use: Arc<AtomicUsize>,
+}
+
+/// Counts one side channel as in use (see [`SideChannel::in_use`]) until dropped.
+#[derive(Debug)]
+pub struct InUse(Arc<AtomicUsize>);
+
+impl Drop for InUse {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
 }
 
 /// Counts one open side channel; the count drops with it.
@@ -323,6 +337,8 @@ struct Handler<T> {
     opened: Arc<AtomicBool>,
     /// Side channels the remote opened, open now.
     remote_side_channels: Arc<AtomicUsize>,
+    /// See [`PeerConnection::side_channels_in_use`].
+    side_channels_in_use: Arc<AtomicUsize>,
     /// See [`RtcConfig::any_remote_label`].
     any_remote_label: bool,
 }
@@ -417,6 +433,7 @@ impl PeerConnection {
         let connection = Arc::new(OnceLock::new());
         let opened = Arc::new(AtomicBool::new(false));
         let remote_side_channels = Arc::new(AtomicUsize::new(0));
+        let side_channels_in_use = Arc::new(AtomicUsize::new(0));
         let pc = PeerConnectionBuilder::new()
             .with_configuration(configuration)
             .with_setting_engine(settings)
@@ -427,6 +444,7 @@ impl PeerConnection {
                 connection: connection.clone(),
                 opened: opened.clone(),
                 remote_side_channels: remote_side_channels.clone(),
+                side_channels_in_use: side_channels_in_use.clone(),
                 any_remote_label: config.any_remote_label,
             }))
             .with_udp_addrs(bind)
@@ -443,6 +461,7 @@ impl PeerConnection {
             local_side_channels: Arc::new(AtomicUsize::new(0)),
             remote_side_channels,
             idle_side_channels: IdleSideChannels::default(),
+            side_channels_in_use,
             watch: Arc::new(move |channel| {
                 tokio::spawn(pump_channel(
                     channel,
@@ -642,6 +661,7 @@ impl PeerConnection {
                 channel.clone(),
                 label.to_string(),
                 slot,
+                self.side_channels_in_use.clone(),
                 SideOpen::Reply(open_tx, Arc::downgrade(&self.idle_side_channels)),
             ));
             match tokio::time::timeout_at(deadline, open_rx).await {
@@ -674,6 +694,13 @@ impl PeerConnection {
         idle.retain(|side| !side.messages.is_closed());
         let position = idle.iter().position(|side| side.label == label)?;
         Some(idle.swap_remove(position))
+    }
+
+    /// Side channels of this connection marked [in use](SideChannel::in_use) now, by either
+    /// side's holders: unlike [`PeerConnection::side_channels_open`], idle channels kept for
+    /// later do not count.
+    pub fn side_channels_in_use(&self) -> usize {
+        self.side_channels_in_use.load(Ordering::Acquire)
     }
 
     /// Side channels open on this connection now, opened by either side (released ones
@@ -806,6 +833,14 @@ impl SideChannel {
 }
 
 impl SideChannel {
+    /// Counts this channel as in use ([`PeerConnection::side_channels_in_use`]) until the
+    /// returned mark is dropped: for the time it carries something, as opposed to an open
+    /// channel waiting for its next use.
+    pub fn in_use(&self) -> InUse {
+        self.in_use.fetch_add(1, Ordering::AcqRel);
+        InUse(self.in_use.clone())
+    }
+
     /// Keeps this side channel open for the next [`PeerConnection::open_side_channel`] with
     /// its label, instead of closing it; it still counts against [`MAX_SIDE_CHANNELS`].
     /// A side channel the remote opened, or whose connection is gone, is closed instead.
@@ -936,6 +971,7 @@ impl<T: Clone + Send + Sync + 'static> PeerConnectionEventHandler for Handler<T>
                     channel,
                     label,
                     slot,
+                    self.side_channels_in_use.clone(),
                     SideOpen::Event(self.tag.clone(), self.events.clone()),
                 ));
                 return;
@@ -1011,6 +1047,7 @@ async fn pump_side_channel<T>(
     channel: Arc<dyn DataChannel>,
     label: String,
     _slot: SideSlot,
+    in_use: Arc<AtomicUsize>,
     open: SideOpen<T>,
 ) {
     let (tx, messages) = mpsc::channel(SIDE_CHANNEL_QUEUE);
@@ -1028,6 +1065,7 @@ async fn pump_side_channel<T>(
                     },
                     messages,
                     idle: None,
+                    in_use: in_use.clone(),
                 };
                 let delivered = match open {
                     SideOpen::Reply(reply, idle) => {

@@ -185,10 +185,19 @@ async fn a_released_side_channel_is_used_again_and_the_remote_keeps_reading_it()
 
     let mine = offerer.open_side_channel("kadrtc-file").await.unwrap();
     let mut theirs = next_side_channel(&mut rx, 'b').await;
+    // Only channels marked in use count as busy (the room's liveness check reads this),
+    // on either side; open idle ones do not.
+    assert_eq!(offerer.side_channels_in_use(), 0);
+    let (sending, receiving) = (mine.in_use(), theirs.in_use());
+    assert_eq!(offerer.side_channels_in_use(), 1);
+    assert_eq!(answerer.side_channels_in_use(), 1);
     mine.send(b"first").await.unwrap();
     assert_eq!(theirs.recv().await.unwrap(), b"first");
+    drop((sending, receiving));
     mine.release();
     assert_eq!(offerer.side_channels_open(), 1, "released, still open");
+    assert_eq!(offerer.side_channels_in_use(), 0, "released, not in use");
+    assert_eq!(answerer.side_channels_in_use(), 0);
 
     // Several rounds of release and open: each is the same channel, never a new one (a
     // new one would be reported to the answerer as SideChannelOpen).

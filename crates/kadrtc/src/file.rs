@@ -481,6 +481,7 @@ impl Send {
         file: tokio::fs::File,
         progress: watch::Sender<Progress>,
     ) -> Result<FileReceipt, FileError> {
+        let _in_use = side.in_use();
         let mut settled = false;
         let sent = self
             .transfer(&mut side, file, &progress, &mut settled)
@@ -626,8 +627,10 @@ impl Receive {
         file: tokio::fs::File,
         progress: watch::Sender<Progress>,
     ) -> Result<FileReceipt, FileError> {
+        let in_use = side.in_use();
         let mut file = tokio::io::BufWriter::with_capacity(1024 * 1024, file);
         let received = self.receive(&mut side, &mut file, &progress).await;
+        drop(in_use);
         // What arrived is kept in the partial file, whatever happened.
         let flushed = file.flush().await;
         let (sha256, written, actual) = match received {

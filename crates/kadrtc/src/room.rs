@@ -1203,14 +1203,15 @@ impl RoomActor {
     async fn check_liveness(&mut self, now: Instant) {
         self.pings
             .retain(|_, ping| now.duration_since(ping.sent_at) < PEER_TIMEOUT);
-        // While a side channel is open (a file transfer), pings queue behind its data in
-        // SCTP's one send queue and may wait long on a slow path: the transfer's own stall
-        // timeout and ICE watch the connection then.
+        // While a side channel carries a file, pings queue behind its data in SCTP's one
+        // send queue and may wait long on a slow path: the transfer's own stall timeout and
+        // ICE watch the connection then. Idle file channels kept for the next file do not
+        // count.
         for entry in self.peers.values_mut().filter(|entry| entry.open) {
             let busy = entry
                 .connection
                 .as_ref()
-                .is_some_and(|(_, pc)| pc.side_channels_open() > 0);
+                .is_some_and(|(_, pc)| pc.side_channels_in_use() > 0);
             if busy {
                 entry.last_heard = now;
             }
