@@ -92,9 +92,10 @@ struct EventLoop {
 }
 
 /// How often expired records and provider records leave the store. libp2p-kad drops them
-/// only when it reads them (a lookup of that key) or at its hourly replication; in between a
-/// node that stores for many rooms would fill its store ([`MAX_STORED_RECORDS`],
-/// [`MAX_PROVIDED_KEYS`]) with dead ones and refuse new ones.
+/// only when it reads them (a lookup of that key), and expired records also at its
+/// replication run, which skips this node's own records; in between a node that stores for
+/// many rooms would fill its store ([`MAX_STORED_RECORDS`], [`MAX_PROVIDED_KEYS`]) with dead
+/// ones and refuse new ones.
 const PURGE_INTERVAL: Duration = Duration::from_secs(30);
 
 /// First wait before a node that lost its last connection dials its bootstrap peers again;
@@ -400,6 +401,7 @@ fn build_swarm(config: &DhtConfig) -> Result<Swarm<Behaviour>, DhtError> {
         None
     };
     let replication_factor = config.replication_factor;
+    let replication_interval = config.replication_interval;
     let query_timeout = config.query_timeout;
     let kad_server = config.kad_server;
     let swarm = libp2p::SwarmBuilder::with_existing_identity(config.keypair.clone())
@@ -426,6 +428,7 @@ fn build_swarm(config: &DhtConfig) -> Result<Swarm<Behaviour>, DhtError> {
             let mut kad_config = kad::Config::new(kad_protocol);
             kad_config
                 .set_replication_factor(replication_factor)
+                .set_replication_interval(replication_interval)
                 .set_query_timeout(query_timeout)
                 .set_record_filtering(kad::StoreInserts::FilterBoth)
                 .set_record_ttl(Some(RECORD_TTL))
@@ -633,6 +636,16 @@ impl EventLoop {
                         reply,
                     },
                 );
+            }
+            Command::StoredRecord { key, reply } => {
+                let now = std::time::Instant::now();
+                let value = behaviour
+                    .kad
+                    .store_mut()
+                    .get(&kad::RecordKey::new(&key))
+                    .filter(|record| !record.is_expired(now))
+                    .map(|record| record.value.clone());
+                let _ = reply.send(value);
             }
             Command::Subscribe {
                 topic,

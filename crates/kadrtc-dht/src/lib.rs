@@ -64,6 +64,15 @@ pub const KAD_PROTOCOL: &str = "/kadrtc/kad/1.0.0";
 pub const IDENTIFY_PROTOCOL: &str = "/kadrtc/id/1.0.0";
 /// Kademlia replication factor (k); 20 is the Kademlia paper's and libp2p's default.
 pub const DEFAULT_REPLICATION_FACTOR: usize = 20;
+/// How often a node sends the records it stores for others (mailboxes) to the closest peers
+/// of each record's key again, so that a record outlives the nodes that first held it: the
+/// closest peers then include those that joined since. Kademlia's republishing (Maymounkov
+/// and Mazières 2002, section 2.5; libp2p-kad's replication job). A node that received a
+/// record from another storer within the interval skips it, so each record costs about one
+/// lookup and k puts per interval network-wide. One minute is half the rooms' mailbox life
+/// (two minutes), so every record that lives out its time is copied again at least once;
+/// libp2p's default is an hour.
+pub const DEFAULT_REPLICATION_INTERVAL: Duration = Duration::from_secs(60);
 /// How long [`Dht::spawn`] waits for a bootstrap peer to answer before giving up.
 pub const DEFAULT_BOOTSTRAP_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long one Kademlia query may run.
@@ -88,7 +97,9 @@ pub const MAX_STORED_RECORDS: usize = 4096;
 pub const MAX_PROVIDERS_PER_KEY: usize = 256;
 /// Mailbox records one publisher (the peer sending `PUT_VALUE`) may have stored per minute
 /// at one node; more are refused. A member of a full room (64 peers, about five updates per
-/// peer and session) stays below it.
+/// peer and session) stays below it. A storing node's replication
+/// ([`DEFAULT_REPLICATION_INTERVAL`]) counts too: past this many records a minute to one
+/// peer, the rest are refused there and live on the other holders only.
 pub const MAX_RECORDS_PER_PUBLISHER_PER_MINUTE: u32 = 300;
 /// Provider records one publisher may add per minute at one node (one per room joined, and a
 /// republication every five minutes).
@@ -121,6 +132,9 @@ pub struct DhtConfig {
     pub bootstrap: Vec<Multiaddr>,
     /// See [`DEFAULT_REPLICATION_FACTOR`].
     pub replication_factor: NonZeroUsize,
+    /// See [`DEFAULT_REPLICATION_INTERVAL`]; `None` turns replication off (a record then
+    /// lives only on the nodes its publisher put it on).
+    pub replication_interval: Option<Duration>,
     /// See [`DEFAULT_BOOTSTRAP_TIMEOUT`].
     pub bootstrap_timeout: Duration,
     /// See [`DEFAULT_QUERY_TIMEOUT`].
@@ -321,6 +335,10 @@ enum Command {
         key: Vec<u8>,
         reply: RecordsReply,
     },
+    StoredRecord {
+        key: Vec<u8>,
+        reply: oneshot::Sender<Option<Vec<u8>>>,
+    },
     Subscribe {
         topic: String,
         sender: mpsc::Sender<TopicEvent>,
@@ -356,6 +374,7 @@ impl DhtConfig {
             bootstrap: Vec::new(),
             replication_factor: NonZeroUsize::new(DEFAULT_REPLICATION_FACTOR)
                 .unwrap_or(NonZeroUsize::MIN),
+            replication_interval: Some(DEFAULT_REPLICATION_INTERVAL),
             bootstrap_timeout: DEFAULT_BOOTSTRAP_TIMEOUT,
             query_timeout: DEFAULT_QUERY_TIMEOUT,
             ice: IceService::default(),
@@ -379,6 +398,13 @@ impl DhtConfig {
     /// Sets the Kademlia replication factor.
     pub fn with_replication_factor(mut self, k: NonZeroUsize) -> Self {
         self.replication_factor = k;
+        self
+    }
+
+    /// Sets how often stored records are replicated (see [`DEFAULT_REPLICATION_INTERVAL`]);
+    /// `None` turns replication off.
+    pub fn with_replication_interval(mut self, interval: Option<Duration>) -> Self {
+        self.replication_interval = interval;
         self
     }
 }
@@ -515,6 +541,18 @@ impl DhtHandle {
     ) -> Result<(Vec<Vec<u8>>, QueryStats), DhtError> {
         self.request(|reply| Command::GetRecord { key, reply })
             .await?
+    }
+
+    /// The value this node itself stores under `key` (for others or as its publisher), if
+    /// any and not expired. Asks no other node: for tests and diagnostics of where records
+    /// live.
+    ///
+    /// # Errors
+    ///
+    /// [`DhtError::Stopped`] when the event loop has stopped.
+    pub async fn stored_record(&self, key: Vec<u8>) -> Result<Option<Vec<u8>>, DhtError> {
+        self.request(|reply| Command::StoredRecord { key, reply })
+            .await
     }
 
     /// Subscribes to `topic`; validated messages and peer subscriptions arrive on the returned

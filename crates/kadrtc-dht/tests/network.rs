@@ -25,11 +25,16 @@ async fn node(bootstrap: Option<&DhtHandle>) -> DhtHandle {
 }
 
 async fn node_with_key(key: Keypair, bootstrap: Option<&DhtHandle>) -> DhtHandle {
-    let mut config = DhtConfig::new(key).with_listen("/ip4/127.0.0.1/tcp/0".parse().unwrap());
-    if let Some(b) = bootstrap {
-        config = config.with_bootstrap(b.listen_addrs()[0].clone());
+    DhtHandle::spawn(config(key, bootstrap)).await.unwrap()
+}
+
+/// A loopback node's configuration, joining through `bootstrap` when given.
+fn config(key: Keypair, bootstrap: Option<&DhtHandle>) -> DhtConfig {
+    let config = DhtConfig::new(key).with_listen("/ip4/127.0.0.1/tcp/0".parse().unwrap());
+    match bootstrap {
+        Some(b) => config.with_bootstrap(b.listen_addrs()[0].clone()),
+        None => config,
     }
-    DhtHandle::spawn(config).await.unwrap()
 }
 
 /// Signs `envelope` with `key`, sealed under the key of room "lobby".
@@ -111,6 +116,82 @@ async fn storing_node_keeps_valid_mailbox_records_and_refuses_forged_ones() {
     assert!(
         reader.get_record(forged_key).await.unwrap().is_empty(),
         "the forged record must not be stored"
+    );
+}
+
+/// A storer and a writer hold a mailbox record; two nodes join after the put; then the storer
+/// and the writer stop. Returns whether a reader that joins through a newcomer finds the
+/// record, after the newcomers have received it (replication on) or after 3 s (off).
+async fn record_outlives_its_first_holders(replication: Option<Duration>) -> bool {
+    let spawn = |key: Keypair, bootstrap: Option<&DhtHandle>| {
+        DhtHandle::spawn(config(key, bootstrap).with_replication_interval(replication))
+    };
+    let storer = spawn(Keypair::generate_ed25519(), None).await.unwrap();
+    let writer_key = Keypair::generate_ed25519();
+    let writer = spawn(writer_key.clone(), Some(&storer)).await.unwrap();
+    let envelope = offer(&writer_key, PeerId::random(), "lobby");
+    let key = envelope
+        .room_id
+        .mailbox_key(&envelope.from, &envelope.to.unwrap());
+    let value = sign(&envelope, &writer_key);
+    writer
+        .put_record(key.clone(), value.clone(), TTL)
+        .await
+        .unwrap();
+    let newcomers = [
+        spawn(Keypair::generate_ed25519(), Some(&storer))
+            .await
+            .unwrap(),
+        spawn(Keypair::generate_ed25519(), Some(&storer))
+            .await
+            .unwrap(),
+    ];
+    let wait = if replication.is_some() {
+        Duration::from_secs(10)
+    } else {
+        Duration::from_secs(3)
+    };
+    let copied = eventually(wait, || {
+        let newcomers = newcomers.clone();
+        let key = key.clone();
+        async move {
+            for newcomer in &newcomers {
+                newcomer.stored_record(key.clone()).await.ok()??;
+            }
+            Some(())
+        }
+    })
+    .await;
+    assert_eq!(
+        copied.is_some(),
+        replication.is_some(),
+        "newcomers hold a copy exactly when replication is on"
+    );
+
+    drop((storer, writer));
+    let reader = spawn(Keypair::generate_ed25519(), Some(&newcomers[0]))
+        .await
+        .unwrap();
+    let found = eventually(Duration::from_secs(5), || {
+        let reader = reader.clone();
+        let key = key.clone();
+        async move { reader.get_record(key).await.ok().filter(|v| !v.is_empty()) }
+    })
+    .await;
+    found.is_some_and(|values| values.contains(&value))
+}
+
+#[tokio::test]
+async fn a_record_outlives_the_nodes_that_first_held_it_through_replication() {
+    assert!(
+        record_outlives_its_first_holders(Some(Duration::from_millis(500))).await,
+        "with replication every 500 ms, a reader finds the record on the newcomers"
+    );
+    // Control: without replication nothing copies the record to the newcomers, so the same
+    // scenario loses it. This shows the test above can fail.
+    assert!(
+        !record_outlives_its_first_holders(None).await,
+        "without replication the record dies with its first holders"
     );
 }
 

@@ -379,11 +379,12 @@ pub async fn client(bootstrap: &str, key: Keypair) -> DhtHandle {
     .unwrap()
 }
 
-/// Puts `value` under `key` at the node `bootstrap` with a bare Kademlia client whose own
-/// store takes values of any size, as a non-kadrtc implementation could: kadrtc's own
-/// nodes refuse to even send an oversized record. Returns once the query finished.
-/// Puts a record through a bare Kademlia client (no value-size limit of kadrtc's) and returns
-/// the put query's outcome: `Err` with libp2p's reason when no node took the record.
+/// Puts `value` under `key` at the node `bootstrap`, and only there, with a bare Kademlia
+/// client whose own store takes values of any size, as a non-kadrtc implementation could:
+/// kadrtc's own nodes refuse to even send an oversized record. Returns the put's outcome
+/// once that node answered: `Err` with libp2p's reason when it did not. (A put to the closest
+/// peers with quorum one could end on another peer's answer, and the client be dropped
+/// before its request reached `bootstrap`: seen in CI.)
 pub async fn raw_put_record(bootstrap: &str, key: Vec<u8>, value: Vec<u8>) -> Result<(), String> {
     use futures::StreamExt as _;
     use libp2p::kad::{self, store::MemoryStore, store::MemoryStoreConfig};
@@ -409,10 +410,11 @@ pub async fn raw_put_record(bootstrap: &str, key: Vec<u8>, value: Vec<u8>) -> Re
         kad
     });
     swarm.behaviour_mut().add_address(&peer, addr);
-    swarm
-        .behaviour_mut()
-        .put_record(kad::Record::new(key, value), kad::Quorum::One)
-        .unwrap();
+    swarm.behaviour_mut().put_record_to(
+        kad::Record::new(key, value),
+        std::iter::once(peer),
+        kad::Quorum::One,
+    );
     let end = tokio::time::Instant::now() + DEADLINE;
     loop {
         let event = tokio::time::timeout_at(end, swarm.select_next_some())
