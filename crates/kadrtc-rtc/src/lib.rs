@@ -632,17 +632,22 @@ impl PeerConnection {
         }
         let deadline = tokio::time::Instant::now() + SIDE_CHANNEL_OPEN_TIMEOUT;
         let mut retry_in = SIDE_CHANNEL_RETRY_INITIAL;
+        let mut evicted_one = false;
         for attempt in 1.. {
             let slot = match SideSlot::take(&self.local_side_channels) {
                 Some(slot) => slot,
                 None => {
-                    // Idle channels of other labels hold slots: one is closed to make room,
-                    // and its pump frees the slot once the close is reported.
-                    let evicted = lock(&self.idle_side_channels).pop();
-                    let Some(evicted) = evicted else {
-                        return Err(RtcError::TooManySideChannels);
-                    };
-                    drop(evicted);
+                    // Idle channels of other labels hold slots: one (and only one, however
+                    // long its close takes) is closed to make room, and its pump frees the
+                    // slot once the close is reported.
+                    if !evicted_one {
+                        let evicted = lock(&self.idle_side_channels).pop();
+                        let Some(evicted) = evicted else {
+                            return Err(RtcError::TooManySideChannels);
+                        };
+                        drop(evicted);
+                        evicted_one = true;
+                    }
                     tokio::time::sleep(retry_in).await;
                     retry_in = (retry_in * 2).min(SIDE_CHANNEL_RETRY_MAX);
                     if tokio::time::Instant::now() >= deadline {
@@ -687,13 +692,26 @@ impl PeerConnection {
         Err(RtcError::SideChannelNotOpen)
     }
 
-    /// A released side channel labelled `label` that is still open, if any.
+    /// A released side channel labelled `label` that is still open, if any, with nothing
+    /// queued: what the remote sent while it was idle belongs to no one and is dropped.
     fn take_idle_side_channel(&self, label: &str) -> Option<SideChannel> {
         let mut idle = lock(&self.idle_side_channels);
-        // Channels the remote closed meanwhile are dropped here.
-        idle.retain(|side| !side.messages.is_closed());
-        let position = idle.iter().position(|side| side.label == label)?;
-        Some(idle.swap_remove(position))
+        loop {
+            // Channels the remote closed meanwhile are dropped here.
+            idle.retain(|side| !side.messages.is_closed());
+            let position = idle.iter().position(|side| side.label == label)?;
+            let mut side = idle.swap_remove(position);
+            loop {
+                match side.messages.try_recv() {
+                    Ok(stray) => {
+                        tracing::debug!(%label, bytes = stray.len(), "message on an idle side channel dropped");
+                    }
+                    Err(mpsc::error::TryRecvError::Empty) => return Some(side),
+                    // Closed while it was drained: look for another.
+                    Err(mpsc::error::TryRecvError::Disconnected) => break,
+                }
+            }
+        }
     }
 
     /// Side channels of this connection marked [in use](SideChannel::in_use) now, by either

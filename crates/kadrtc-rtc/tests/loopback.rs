@@ -112,6 +112,14 @@ async fn connected_pair() -> (
     (offerer, answerer, rx)
 }
 
+/// The next message on `side`, which must come within 10 s.
+async fn recv(side: &mut SideChannel) -> Vec<u8> {
+    timeout(Duration::from_secs(10), side.recv())
+        .await
+        .expect("a message within the deadline")
+        .expect("a message, not the channel's close")
+}
+
 /// The next side channel the remote opened.
 async fn next_side_channel(
     rx: &mut tokio::sync::mpsc::Receiver<(char, RtcEvent)>,
@@ -138,9 +146,9 @@ async fn either_side_opens_side_channels_with_their_own_messages_up_to_the_limit
     let mut theirs = next_side_channel(&mut rx, 'a').await;
     assert_eq!(theirs.label(), "kadrtc-file");
     mine.send(b"chunk").await.unwrap();
-    assert_eq!(theirs.recv().await.unwrap(), b"chunk");
+    assert_eq!(recv(&mut theirs).await, b"chunk");
     theirs.send(b"ack").await.unwrap();
-    assert_eq!(mine.recv().await.unwrap(), b"ack");
+    assert_eq!(recv(&mut mine).await, b"ack");
 
     // Dropping one end closes the other.
     drop(mine);
@@ -192,7 +200,7 @@ async fn a_released_side_channel_is_used_again_and_the_remote_keeps_reading_it()
     assert_eq!(offerer.side_channels_in_use(), 1);
     assert_eq!(answerer.side_channels_in_use(), 1);
     mine.send(b"first").await.unwrap();
-    assert_eq!(theirs.recv().await.unwrap(), b"first");
+    assert_eq!(recv(&mut theirs).await, b"first");
     drop((sending, receiving));
     mine.release();
     assert_eq!(offerer.side_channels_open(), 1, "released, still open");
@@ -204,9 +212,9 @@ async fn a_released_side_channel_is_used_again_and_the_remote_keeps_reading_it()
     for round in 0..20u8 {
         let mut again = offerer.open_side_channel("kadrtc-file").await.unwrap();
         again.send(&[round]).await.unwrap();
-        assert_eq!(theirs.recv().await.unwrap(), [round]);
+        assert_eq!(recv(&mut theirs).await, [round]);
         theirs.send(&[round]).await.unwrap();
-        assert_eq!(again.recv().await.unwrap(), [round]);
+        assert_eq!(recv(&mut again).await, [round]);
         again.release();
     }
     assert_eq!(offerer.side_channels_open(), 1);
@@ -229,7 +237,7 @@ async fn a_released_side_channel_is_used_again_and_the_remote_keeps_reading_it()
     let fresh = offerer.open_side_channel("kadrtc-file").await.unwrap();
     let mut fresh_theirs = next_side_channel(&mut rx, 'b').await;
     fresh.send(b"new").await.unwrap();
-    assert_eq!(fresh_theirs.recv().await.unwrap(), b"new");
+    assert_eq!(recv(&mut fresh_theirs).await, b"new");
 
     offerer.close().await;
     answerer.close().await;

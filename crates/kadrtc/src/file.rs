@@ -399,7 +399,7 @@ pub(crate) async fn offered(
     peer: PeerId,
     mut side: SideChannel,
     events: mpsc::Sender<RoomEvent>,
-    first: bool,
+    mut first: bool,
 ) {
     loop {
         let message = if first {
@@ -413,6 +413,9 @@ pub(crate) async fn offered(
         let Some(message) = message else {
             return;
         };
+        // Only the channel's first offer has a deadline; after it (a refused name included)
+        // the channel is the sender's to use again or close.
+        first = false;
         let (name, size) = match decode(&message) {
             Ok(Message::Control(Control::Offer { name, size })) => (name, size),
             other => {
