@@ -811,6 +811,7 @@ impl RoomActor {
                             .unwrap_or_else(PoisonError::into_inner)
                             .remove(&peer);
                         self.outbox.push_back(RoomEvent::PeerLeft { peer });
+                        self.unsettle_discovery();
                     }
                 }
             }
@@ -1241,6 +1242,7 @@ impl RoomActor {
                 .write()
                 .unwrap_or_else(PoisonError::into_inner)
                 .remove(&peer);
+            self.unsettle_discovery();
             self.emit(RoomEvent::PeerLeft { peer }).await;
         }
     }
@@ -1521,6 +1523,7 @@ impl RoomActor {
         );
         self.outbox
             .push_back(RoomEvent::PeerDiscovered { peer, via });
+        self.unsettle_discovery();
     }
 
     fn remove_peer(&mut self, peer: PeerId) {
@@ -1572,6 +1575,14 @@ impl RoomActor {
         self.discovery_interval = self.config.discovery_initial;
     }
 
+    /// A member is new or its channel closed: the next presence lookup comes within
+    /// [`RoomConfig::discovery_max`] again, however far the idle back-off had pushed it.
+    fn unsettle_discovery(&mut self) {
+        let bound = Instant::now() + self.config.discovery_max;
+        self.next_discovery = self.next_discovery.min(bound);
+        self.discovery_interval = self.discovery_interval.min(self.config.discovery_max);
+    }
+
     fn start_discovery(&mut self, now: Instant) {
         self.discovery_in_flight = true;
         let settled = !self.peers.is_empty() && self.peers.values().all(|entry| entry.open);
@@ -1582,7 +1593,8 @@ impl RoomActor {
         } else {
             self.config.discovery_max
         };
-        // Back to the shorter bound at once when a member is new or its channel closed.
+        // Back to the shorter bound when a member is new or its channel closed (see also
+        // unsettle_discovery, which brings a far-off lookup forward).
         self.discovery_interval = self.discovery_interval.min(longest);
         self.next_discovery = now + self.discovery_interval;
         self.discovery_interval = (self.discovery_interval * 2).min(longest);
