@@ -505,9 +505,20 @@ fn build_swarm(config: &DhtConfig) -> Result<Swarm<Behaviour>, DhtError> {
 }
 
 impl EventLoop {
+    /// Publishes the number of connected peers on [`crate::DhtHandle::connected`], waking
+    /// its watchers only when it changed, and returns it.
+    fn report_connected(&self) -> usize {
+        let peers = self.swarm.connected_peers().count();
+        self.connected.send_if_modified(|current| {
+            let changed = *current != peers;
+            *current = peers;
+            changed
+        });
+        peers
+    }
+
     async fn run(mut self) {
-        self.connected
-            .send_replace(self.swarm.connected_peers().count());
+        self.report_connected();
         let mut purge = tokio::time::interval(PURGE_INTERVAL);
         purge.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
@@ -796,8 +807,7 @@ impl EventLoop {
                         tracing::debug!(%error, "kademlia bootstrap");
                     }
                 }
-                self.connected
-                    .send_replace(self.swarm.connected_peers().count());
+                self.report_connected();
             }
             SwarmEvent::ConnectionClosed {
                 peer_id,
@@ -809,8 +819,7 @@ impl EventLoop {
                 if num_established == 0 {
                     self.peer_ips.remove(&peer_id);
                 }
-                let peers = self.swarm.connected_peers().count();
-                self.connected.send_replace(peers);
+                let peers = self.report_connected();
                 if peers == 0 && !self.bootstrap.is_empty() && self.redial.is_none() {
                     tracing::warn!("lost the last connection to the network; dialling the bootstrap peers again");
                     self.redial = Some((
@@ -835,7 +844,9 @@ impl EventLoop {
                 step,
                 stats,
             } => {
-                if step.last {
+                // A query's stats add up over its steps, except a bootstrap's: each of its
+                // steps is a lookup of its own (one per bucket refreshed) with fresh stats.
+                if step.last || matches!(result, kad::QueryResult::Bootstrap(_)) {
                     count(
                         &self.traffic.kad_requests_sent,
                         u64::from(stats.num_requests()),

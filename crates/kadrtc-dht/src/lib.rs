@@ -170,12 +170,14 @@ pub struct DhtHandle {
 
 /// Messages a node exchanged since it started, by kind (from [`DhtHandle::traffic`]). Only
 /// what a node does on its own accord and what others ask of it are counted; gossipsub's
-/// own control messages (subscriptions, mesh grafts, gossip) and identify are not.
+/// own control messages (subscriptions, mesh grafts, gossip) and identify are not. A message
+/// between two nodes counts at both: as sent (or published) at one and as answered (or
+/// received) at the other, so the sum over a network is twice the messages that crossed it.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct Traffic {
     /// Kademlia requests sent, by every query: lookups, puts, provider announcements, and
-    /// libp2p-kad's own bootstrap and republishing.
+    /// libp2p-kad's own bootstrap (every bucket refresh), replication and republishing.
     pub kad_requests_sent: u64,
     /// Kademlia requests answered.
     pub kad_requests_received: u64,
