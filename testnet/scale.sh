@@ -67,6 +67,11 @@ done
   exit 2
 }
 
+# The cut needs root; say so before the other scenarios' minutes, not after them.
+if ((NAT)) && [[ $WHAT == all || $WHAT == cut ]] && ((EUID != 0)); then
+  die "the cut scenario needs root (network namespaces): run as root, or add --no-nat to skip it"
+fi
+
 TARGET_DIR="${CARGO_TARGET_DIR:-$REPO_ROOT/target}"
 [[ $TARGET_DIR == /* ]] || TARGET_DIR="$REPO_ROOT/$TARGET_DIR"
 OUT="$TARGET_DIR/scale/$(date -u +%Y%m%dT%H%M%SZ)-$$"
@@ -127,7 +132,6 @@ scenario() {
         printf '\n==> cut: skipped (--no-nat)\n'
         return 0
       fi
-      ((EUID == 0)) || die "the cut scenario needs root (network namespaces); use --no-nat"
       printf '\n==> cut\n'
       if KADRTC_NAT_DIR="$OUT/nat" bash "$SCRIPT_DIR/nat.sh" scenario cut-cone --runs "$CUT_RUNS"; then
         cp -- "$OUT/nat/results.json" "$OUT/cut.json"
@@ -201,10 +205,11 @@ if d is None:
     rows.append(("soak", "did not run (see soak.log)"))
 else:
     rows.append(("%.0f-minute soak, %d pairs joining and leaving" % (d["minutes"], d["pairs"]),
-                 "%d rounds (%d failed); RSS %.1f → max %.1f → end %.1f MiB (growth after the first minute %.1f); "
+                 "%d rounds (%d failed); RSS %.1f → max %.1f → end %.1f MiB (growth after the first minute: %s); "
                  "open files %d → max %d → end %d; tasks %d → %d"
                  % (d["rounds"], d["failed_rounds"], d["rss_start_mib"], d["rss_max_mib"], d["rss_end_mib"],
-                    d["rss_growth_mib"], d["files_start"], d["files_max"], d["files_end"],
+                    "n/a, run too short" if d["rss_growth_mib"] is None else "%.1f MiB" % d["rss_growth_mib"],
+                    d["files_start"], d["files_max"], d["files_end"],
                     d["tasks_start"], d["tasks_end"])))
 
 d = load("idle")
