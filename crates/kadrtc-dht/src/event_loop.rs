@@ -979,6 +979,16 @@ impl EventLoop {
                         tracing::debug!(%source, from = %envelope.from, seq = envelope.seq, "stored mailbox record");
                     }
                 }
+                // A storing node's replication (DEFAULT_REPLICATION_INTERVAL) picks its
+                // records when it starts and puts each after a lookup: on a busy node one can
+                // expire in between. That is the job running late, not an attack.
+                Err(error @ EnvelopeError::Expired { .. })
+                    if record
+                        .publisher
+                        .is_some_and(|publisher| publisher != source) =>
+                {
+                    tracing::debug!(%source, %error, "replicated record expired on the way");
+                }
                 Err(error) => {
                     tracing::warn!(%source, %error, "rejected record: {}", error_chain(&error));
                 }
