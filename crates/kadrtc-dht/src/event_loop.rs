@@ -89,13 +89,16 @@ struct EventLoop {
     connected: watch::Sender<usize>,
     /// Keys this node stores provider records under, for [`EventLoop::purge_expired`].
     provider_keys: HashSet<kad::RecordKey>,
+    /// See [`crate::DhtConfig::record_handover`].
+    record_handover: bool,
+    /// Kademlia's k, for the hand-over.
+    replication_factor: usize,
 }
 
 /// How often expired records and provider records leave the store. libp2p-kad drops them
-/// only when it reads them (a lookup of that key), and expired records also at its
-/// replication run, which skips this node's own records; in between a node that stores for
-/// many rooms would fill its store ([`MAX_STORED_RECORDS`], [`MAX_PROVIDED_KEYS`]) with dead
-/// ones and refuse new ones.
+/// only when it reads them (a lookup of that key), and expired records also at its hourly
+/// replication run; in between a node that stores for many rooms would fill its store
+/// ([`MAX_STORED_RECORDS`], [`MAX_PROVIDED_KEYS`]) with dead ones and refuse new ones.
 const PURGE_INTERVAL: Duration = Duration::from_secs(30);
 
 /// First wait before a node that lost its last connection dials its bootstrap peers again;
@@ -327,6 +330,8 @@ pub(crate) async fn start(
         redial: None,
         connected: connected_peers,
         provider_keys: HashSet::new(),
+        record_handover: config.record_handover,
+        replication_factor: config.replication_factor.get(),
     };
     tokio::spawn(event_loop.run());
     Ok(addrs)
@@ -401,7 +406,6 @@ fn build_swarm(config: &DhtConfig) -> Result<Swarm<Behaviour>, DhtError> {
         None
     };
     let replication_factor = config.replication_factor;
-    let replication_interval = config.replication_interval;
     let query_timeout = config.query_timeout;
     let kad_server = config.kad_server;
     let swarm = libp2p::SwarmBuilder::with_existing_identity(config.keypair.clone())
@@ -428,7 +432,6 @@ fn build_swarm(config: &DhtConfig) -> Result<Swarm<Behaviour>, DhtError> {
             let mut kad_config = kad::Config::new(kad_protocol);
             kad_config
                 .set_replication_factor(replication_factor)
-                .set_replication_interval(replication_interval)
                 .set_query_timeout(query_timeout)
                 .set_record_filtering(kad::StoreInserts::FilterBoth)
                 .set_record_ttl(Some(RECORD_TTL))
@@ -532,6 +535,41 @@ impl EventLoop {
                 },
                 () = sleep_until_some(redial_at) => self.redial_bootstrap(),
             }
+        }
+    }
+
+    /// Sends `newcomer` the records this node holds that it should hold too (see
+    /// [`crate::DhtConfig::record_handover`]): those for which it is among the k closest
+    /// peers known here, and for which no other known peer is closer than this node.
+    fn hand_over_records(&mut self, newcomer: PeerId) {
+        let local = kad::KBucketKey::from(*self.swarm.local_peer_id());
+        let k = self.replication_factor;
+        let now = std::time::Instant::now();
+        let kad = &mut self.swarm.behaviour_mut().kad;
+        let records: Vec<kad::Record> = kad
+            .store_mut()
+            .records()
+            .filter(|record| !record.is_expired(now))
+            .map(std::borrow::Cow::into_owned)
+            .collect();
+        let mut handed = 0;
+        for record in records {
+            let target = kad::KBucketKey::new(record.key.clone());
+            let closest: Vec<kad::KBucketKey<PeerId>> =
+                kad.get_closest_local_peers(&target).take(k).collect();
+            let among_closest = closest.iter().any(|key| *key.preimage() == newcomer);
+            // Sorted by distance: the closest peer besides the newcomer decides.
+            let closer_other = closest
+                .iter()
+                .find(|key| *key.preimage() != newcomer)
+                .is_some_and(|key| key.distance(&target) < local.distance(&target));
+            if among_closest && !closer_other {
+                kad.put_record_to(record, std::iter::once(newcomer), kad::Quorum::One);
+                handed += 1;
+            }
+        }
+        if handed > 0 {
+            tracing::debug!(%newcomer, records = handed, "records handed over to a closer newcomer");
         }
     }
 
@@ -854,8 +892,13 @@ impl EventLoop {
                 }
                 self.handle_query_result(id, result, step, stats);
             }
-            kad::Event::RoutingUpdated { peer, .. } => {
-                tracing::trace!(%peer, "routing table updated");
+            kad::Event::RoutingUpdated {
+                peer, is_new_peer, ..
+            } => {
+                tracing::trace!(%peer, is_new_peer, "routing table updated");
+                if is_new_peer && self.record_handover {
+                    self.hand_over_records(peer);
+                }
             }
             _ => {}
         }
@@ -979,9 +1022,9 @@ impl EventLoop {
                         tracing::debug!(%source, from = %envelope.from, seq = envelope.seq, "stored mailbox record");
                     }
                 }
-                // A storing node's replication (DEFAULT_REPLICATION_INTERVAL) picks its
-                // records when it starts and puts each after a lookup: on a busy node one can
-                // expire in between. That is the job running late, not an attack.
+                // A holder that passes on a record it stores for its publisher (a hand-over
+                // to a newcomer, libp2p-kad's replication) can be slow enough on a busy node
+                // for the record to expire on the way. That is lateness, not an attack.
                 Err(error @ EnvelopeError::Expired { .. })
                     if record
                         .publisher

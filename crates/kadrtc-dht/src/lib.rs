@@ -64,15 +64,6 @@ pub const KAD_PROTOCOL: &str = "/kadrtc/kad/1.0.0";
 pub const IDENTIFY_PROTOCOL: &str = "/kadrtc/id/1.0.0";
 /// Kademlia replication factor (k); 20 is the Kademlia paper's and libp2p's default.
 pub const DEFAULT_REPLICATION_FACTOR: usize = 20;
-/// How often a node sends the records it stores for others (mailboxes) to the closest peers
-/// of each record's key again, so that a record outlives the nodes that first held it: the
-/// closest peers then include those that joined since. Kademlia's republishing (Maymounkov
-/// and Mazières 2002, section 2.5; libp2p-kad's replication job). A node that received a
-/// record from another storer within the interval skips it, so each record costs about one
-/// lookup and k puts per interval network-wide. One minute is half the rooms' mailbox life
-/// (two minutes), so every record that lives out its time is copied again at least once;
-/// libp2p's default is an hour.
-pub const DEFAULT_REPLICATION_INTERVAL: Duration = Duration::from_secs(60);
 /// How long [`Dht::spawn`] waits for a bootstrap peer to answer before giving up.
 pub const DEFAULT_BOOTSTRAP_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long one Kademlia query may run.
@@ -97,9 +88,9 @@ pub const MAX_STORED_RECORDS: usize = 4096;
 pub const MAX_PROVIDERS_PER_KEY: usize = 256;
 /// Mailbox records one publisher (the peer sending `PUT_VALUE`) may have stored per minute
 /// at one node; more are refused. A member of a full room (64 peers, about five updates per
-/// peer and session) stays below it. A storing node's replication
-/// ([`DEFAULT_REPLICATION_INTERVAL`]) counts too: past this many records a minute to one
-/// peer, the rest are refused there and live on the other holders only.
+/// peer and session) stays below it. Records a node hands over to a newcomer
+/// ([`DhtConfig::record_handover`]) count too: past this many a minute from one holder, the
+/// rest are refused there and live on the other holders only.
 pub const MAX_RECORDS_PER_PUBLISHER_PER_MINUTE: u32 = 300;
 /// Provider records one publisher may add per minute at one node (one per room joined, and a
 /// republication every five minutes).
@@ -132,9 +123,17 @@ pub struct DhtConfig {
     pub bootstrap: Vec<Multiaddr>,
     /// See [`DEFAULT_REPLICATION_FACTOR`].
     pub replication_factor: NonZeroUsize,
-    /// See [`DEFAULT_REPLICATION_INTERVAL`]; `None` turns replication off (a record then
-    /// lives only on the nodes its publisher put it on).
-    pub replication_interval: Option<Duration>,
+    /// Whether this node hands the records it holds over to peers that join closer to their
+    /// keys, so that a record outlives the nodes that first held it. When a peer enters the
+    /// routing table, the node sends it every record it holds for which the newcomer is
+    /// among the k closest peers the node knows, provided that no other peer it knows is
+    /// closer to the key than itself: so about one holder sends each record, and a network
+    /// that nobody joins costs nothing. Kademlia (Maymounkov and Mazières 2002, section
+    /// 2.5): "when a new node joins the system, it must store any key-value pair to which
+    /// it is one of the k closest". Default: on. The periodic republishing of the paper is
+    /// left at libp2p-kad's hour: records live minutes (mailboxes two), so a copy every
+    /// minute would cost far more and was measured to (BENCHMARKS.md, item 8).
+    pub record_handover: bool,
     /// See [`DEFAULT_BOOTSTRAP_TIMEOUT`].
     pub bootstrap_timeout: Duration,
     /// See [`DEFAULT_QUERY_TIMEOUT`].
@@ -376,7 +375,7 @@ impl DhtConfig {
             bootstrap: Vec::new(),
             replication_factor: NonZeroUsize::new(DEFAULT_REPLICATION_FACTOR)
                 .unwrap_or(NonZeroUsize::MIN),
-            replication_interval: Some(DEFAULT_REPLICATION_INTERVAL),
+            record_handover: true,
             bootstrap_timeout: DEFAULT_BOOTSTRAP_TIMEOUT,
             query_timeout: DEFAULT_QUERY_TIMEOUT,
             ice: IceService::default(),
@@ -403,10 +402,10 @@ impl DhtConfig {
         self
     }
 
-    /// Sets how often stored records are replicated (see [`DEFAULT_REPLICATION_INTERVAL`]);
-    /// `None` turns replication off.
-    pub fn with_replication_interval(mut self, interval: Option<Duration>) -> Self {
-        self.replication_interval = interval;
+    /// Turns the hand-over of records to peers that join closer to their keys on or off
+    /// (see [`DhtConfig::record_handover`]).
+    pub fn with_record_handover(mut self, on: bool) -> Self {
+        self.record_handover = on;
         self
     }
 }

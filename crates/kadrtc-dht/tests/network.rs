@@ -121,10 +121,10 @@ async fn storing_node_keeps_valid_mailbox_records_and_refuses_forged_ones() {
 
 /// A storer and a writer hold a mailbox record; two nodes join after the put; then the storer
 /// and the writer stop. Returns whether a reader that joins through a newcomer finds the
-/// record, after the newcomers have received it (replication on) or after 3 s (off).
-async fn record_outlives_its_first_holders(replication: Option<Duration>) -> bool {
+/// record, after the newcomers have received it (hand-over on) or after 3 s (off).
+async fn record_outlives_its_first_holders(handover: bool) -> bool {
     let spawn = |key: Keypair, bootstrap: Option<&DhtHandle>| {
-        DhtHandle::spawn(config(key, bootstrap).with_replication_interval(replication))
+        DhtHandle::spawn(config(key, bootstrap).with_record_handover(handover))
     };
     let storer = spawn(Keypair::generate_ed25519(), None).await.unwrap();
     let writer_key = Keypair::generate_ed25519();
@@ -146,7 +146,7 @@ async fn record_outlives_its_first_holders(replication: Option<Duration>) -> boo
             .await
             .unwrap(),
     ];
-    let wait = if replication.is_some() {
+    let wait = if handover {
         Duration::from_secs(10)
     } else {
         Duration::from_secs(3)
@@ -164,8 +164,8 @@ async fn record_outlives_its_first_holders(replication: Option<Duration>) -> boo
     .await;
     assert_eq!(
         copied.is_some(),
-        replication.is_some(),
-        "newcomers hold a copy exactly when replication is on"
+        handover,
+        "newcomers hold a copy exactly when the hand-over is on"
     );
 
     drop((storer, writer));
@@ -182,16 +182,16 @@ async fn record_outlives_its_first_holders(replication: Option<Duration>) -> boo
 }
 
 #[tokio::test]
-async fn a_record_outlives_the_nodes_that_first_held_it_through_replication() {
+async fn a_record_outlives_the_nodes_that_first_held_it_through_the_hand_over_to_newcomers() {
     assert!(
-        record_outlives_its_first_holders(Some(Duration::from_millis(500))).await,
-        "with replication every 500 ms, a reader finds the record on the newcomers"
+        record_outlives_its_first_holders(true).await,
+        "with the hand-over, a reader finds the record on the newcomers"
     );
-    // Control: without replication nothing copies the record to the newcomers, so the same
-    // scenario loses it. This shows the test above can fail.
+    // Control: without the hand-over nothing copies the record to the newcomers, so the
+    // same scenario loses it. This shows the test above can fail.
     assert!(
-        !record_outlives_its_first_holders(None).await,
-        "without replication the record dies with its first holders"
+        !record_outlives_its_first_holders(false).await,
+        "without the hand-over the record dies with its first holders"
     );
 }
 
