@@ -546,24 +546,28 @@ impl EventLoop {
         let k = self.replication_factor;
         let now = std::time::Instant::now();
         let kad = &mut self.swarm.behaviour_mut().kad;
-        let records: Vec<kad::Record> = kad
+        let keys: Vec<kad::RecordKey> = kad
             .store_mut()
             .records()
             .filter(|record| !record.is_expired(now))
-            .map(std::borrow::Cow::into_owned)
+            .map(|record| record.key.clone())
             .collect();
         let mut handed = 0;
-        for record in records {
-            let target = kad::KBucketKey::new(record.key.clone());
+        for key in keys {
+            let target = kad::KBucketKey::new(key.clone());
             let closest: Vec<kad::KBucketKey<PeerId>> =
                 kad.get_closest_local_peers(&target).take(k).collect();
-            let among_closest = closest.iter().any(|key| *key.preimage() == newcomer);
+            let among_closest = closest.iter().any(|peer| *peer.preimage() == newcomer);
             // Sorted by distance: the closest peer besides the newcomer decides.
             let closer_other = closest
                 .iter()
-                .find(|key| *key.preimage() != newcomer)
-                .is_some_and(|key| key.distance(&target) < local.distance(&target));
-            if among_closest && !closer_other {
+                .find(|peer| *peer.preimage() != newcomer)
+                .is_some_and(|peer| peer.distance(&target) < local.distance(&target));
+            if !among_closest || closer_other {
+                continue;
+            }
+            // Only the records handed over are copied out of the store.
+            if let Some(record) = kad.store_mut().get(&key).map(std::borrow::Cow::into_owned) {
                 kad.put_record_to(record, std::iter::once(newcomer), kad::Quorum::One);
                 handed += 1;
             }
