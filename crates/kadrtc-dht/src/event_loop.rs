@@ -101,6 +101,15 @@ struct EventLoop {
 /// ([`MAX_STORED_RECORDS`], [`MAX_PROVIDED_KEYS`]) with dead ones and refuse new ones.
 const PURGE_INTERVAL: Duration = Duration::from_secs(30);
 
+/// How many of the connected holders closest to a record's key hand it over to a newcomer
+/// (see [`crate::DhtConfig::record_handover`]): one would do if the closest always held it,
+/// but a closer peer may have joined a moment before and not have its own copy yet.
+const HANDOVER_SENDERS: usize = 3;
+/// Records with less life left than this are not handed over: the envelope inside may
+/// already have expired (a publisher's copy lives from its put, a little after the envelope
+/// was made), and the newcomer would refuse it.
+const HANDOVER_MIN_LIFE: Duration = Duration::from_secs(10);
+
 /// First wait before a node that lost its last connection dials its bootstrap peers again;
 /// it doubles up to [`REDIAL_MAX`] for as long as none answers. Without it a node whose
 /// bootstrap peers died before it learnt any other peer would stay cut off for good.
@@ -540,32 +549,49 @@ impl EventLoop {
 
     /// Sends `newcomer` the records this node holds that it should hold too (see
     /// [`crate::DhtConfig::record_handover`]): those for which it is among the k closest
-    /// peers known here, and for which no other known peer is closer than this node.
+    /// peers known here, and for which this node is among the [`HANDOVER_SENDERS`] closest
+    /// connected peers (itself included).
     fn hand_over_records(&mut self, newcomer: PeerId) {
         let local = kad::KBucketKey::from(*self.swarm.local_peer_id());
         let k = self.replication_factor;
         let now = std::time::Instant::now();
-        let kad = &mut self.swarm.behaviour_mut().kad;
-        let keys: Vec<kad::RecordKey> = kad
+        let keys: Vec<kad::RecordKey> = self
+            .swarm
+            .behaviour_mut()
+            .kad
             .store_mut()
             .records()
-            .filter(|record| !record.is_expired(now))
+            .filter(|record| {
+                record
+                    .expires
+                    .is_none_or(|expires| expires > now + HANDOVER_MIN_LIFE)
+            })
             .map(|record| record.key.clone())
             .collect();
         let mut handed = 0;
         for key in keys {
             let target = kad::KBucketKey::new(key.clone());
-            let closest: Vec<kad::KBucketKey<PeerId>> =
-                kad.get_closest_local_peers(&target).take(k).collect();
-            let among_closest = closest.iter().any(|peer| *peer.preimage() == newcomer);
-            // Sorted by distance: the closest peer besides the newcomer decides.
-            let closer_other = closest
-                .iter()
-                .find(|peer| *peer.preimage() != newcomer)
-                .is_some_and(|peer| peer.distance(&target) < local.distance(&target));
-            if !among_closest || closer_other {
+            let closest: Vec<kad::KBucketKey<PeerId>> = self
+                .swarm
+                .behaviour_mut()
+                .kad
+                .get_closest_local_peers(&target)
+                .take(k)
+                .collect();
+            if !closest.iter().any(|peer| *peer.preimage() == newcomer) {
                 continue;
             }
+            // Peers that left stay in the routing table: only connected ones count.
+            let closer = closest
+                .iter()
+                .filter(|peer| *peer.preimage() != newcomer)
+                .filter(|peer| peer.distance(&target) < local.distance(&target))
+                .filter(|peer| self.swarm.is_connected(peer.preimage()))
+                .count();
+            if closer >= HANDOVER_SENDERS {
+                continue;
+            }
+            let kad = &mut self.swarm.behaviour_mut().kad;
             // Only the records handed over are copied out of the store.
             if let Some(record) = kad.store_mut().get(&key).map(std::borrow::Cow::into_owned) {
                 kad.put_record_to(record, std::iter::once(newcomer), kad::Quorum::One);

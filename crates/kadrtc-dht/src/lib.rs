@@ -126,13 +126,15 @@ pub struct DhtConfig {
     /// Whether this node hands the records it holds over to peers that join closer to their
     /// keys, so that a record outlives the nodes that first held it. When a peer enters the
     /// routing table, the node sends it every record it holds for which the newcomer is
-    /// among the k closest peers the node knows, provided that no other peer it knows is
-    /// closer to the key than itself: so about one holder sends each record, and a network
-    /// that nobody joins costs nothing. Kademlia (Maymounkov and Mazières 2002, section
-    /// 2.5): "when a new node joins the system, it must store any key-value pair to which
-    /// it is one of the k closest". Default: on. The periodic republishing of the paper is
-    /// left at libp2p-kad's hour: records live minutes (mailboxes two), so a copy every
-    /// minute would cost far more and was measured to (BENCHMARKS.md, item 8).
+    /// among the k closest peers the node knows, provided that fewer than three connected
+    /// peers it knows are closer to the key than itself: so a few holders send each record,
+    /// and one newcomer still waiting for its own copy does not hold up the others. Kademlia
+    /// (Maymounkov and Mazières 2002, section 2.5): "when a new node joins the system, it
+    /// must store any key-value pair to which it is one of the k closest". Default: on.
+    /// libp2p-kad's periodic replication stays at its hour: records live minutes (mailboxes
+    /// two), and replicating every minute was measured to cost far more (BENCHMARKS.md, item
+    /// 8). Not covered: a node that restarts on the same identity while others still list
+    /// it in their routing tables is not new to them, and gets nothing.
     pub record_handover: bool,
     /// See [`DEFAULT_BOOTSTRAP_TIMEOUT`].
     pub bootstrap_timeout: Duration,
@@ -169,9 +171,10 @@ pub struct DhtHandle {
 
 /// Messages a node exchanged since it started, by kind (from [`DhtHandle::traffic`]). Only
 /// what a node does on its own accord and what others ask of it are counted; gossipsub's
-/// own control messages (subscriptions, mesh grafts, gossip) and identify are not. A message
-/// between two nodes counts at both: as sent (or published) at one and as answered (or
-/// received) at the other, so the sum over a network is twice the messages that crossed it.
+/// own control messages (subscriptions, mesh grafts, gossip) and identify are not. A
+/// Kademlia request that is answered counts at both ends (sent at one, answered at the
+/// other); a topic message counts once where it is published and once at every node it is
+/// delivered to.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct Traffic {

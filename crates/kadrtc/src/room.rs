@@ -981,6 +981,7 @@ impl RoomActor {
                         .unwrap_or_else(PoisonError::into_inner)
                         .remove(&peer);
                     entry.left_reported = true;
+                    self.unsettle_discovery();
                     self.emit(RoomEvent::PeerLeft { peer }).await;
                 }
             }
