@@ -63,6 +63,21 @@ fn offer(key: &Keypair, to: PeerId, room: &str) -> Envelope {
     }
 }
 
+/// Puts a signed offer of `writer_key` (to a random peer, room "lobby") under its mailbox
+/// key from `writer`; returns the key and the stored value.
+async fn put_offer(writer: &DhtHandle, writer_key: &Keypair) -> (Vec<u8>, Vec<u8>) {
+    let envelope = offer(writer_key, PeerId::random(), "lobby");
+    let key = envelope
+        .room_id
+        .mailbox_key(&envelope.from, &envelope.to.unwrap());
+    let value = sign(&envelope, writer_key);
+    writer
+        .put_record(key.clone(), value.clone(), TTL)
+        .await
+        .unwrap();
+    (key, value)
+}
+
 /// Polls `check` every 20 ms until it returns `Some` or `limit` passes.
 async fn eventually<T, F, Fut>(limit: Duration, mut check: F) -> Option<T>
 where
@@ -129,15 +144,7 @@ async fn record_outlives_its_first_holders(handover: bool) -> bool {
     let storer = spawn(Keypair::generate_ed25519(), None).await.unwrap();
     let writer_key = Keypair::generate_ed25519();
     let writer = spawn(writer_key.clone(), Some(&storer)).await.unwrap();
-    let envelope = offer(&writer_key, PeerId::random(), "lobby");
-    let key = envelope
-        .room_id
-        .mailbox_key(&envelope.from, &envelope.to.unwrap());
-    let value = sign(&envelope, &writer_key);
-    writer
-        .put_record(key.clone(), value.clone(), TTL)
-        .await
-        .unwrap();
+    let (key, value) = put_offer(&writer, &writer_key).await;
     let newcomers = [
         spawn(Keypair::generate_ed25519(), Some(&storer))
             .await
@@ -561,15 +568,7 @@ async fn get_record_with_stats_counts_the_requests_of_a_network_lookup() {
     let storer = node(None).await;
     let writer_key = Keypair::generate_ed25519();
     let writer = node_with_key(writer_key.clone(), Some(&storer)).await;
-    let record = offer(&writer_key, PeerId::random(), "lobby");
-    let key = record
-        .room_id
-        .mailbox_key(&record.from, &record.to.unwrap());
-    let value = sign(&record, &writer_key);
-    writer
-        .put_record(key.clone(), value.clone(), TTL)
-        .await
-        .unwrap();
+    let (key, value) = put_offer(&writer, &writer_key).await;
 
     // A reader that holds nothing must ask the network: at least one request, answered.
     let reader = node(Some(&storer)).await;

@@ -806,12 +806,8 @@ impl RoomActor {
                     if entry.open {
                         entry.open = false;
                         entry.left_reported = true;
-                        self.channels
-                            .write()
-                            .unwrap_or_else(PoisonError::into_inner)
-                            .remove(&peer);
+                        self.channel_lost(peer);
                         self.outbox.push_back(RoomEvent::PeerLeft { peer });
-                        self.unsettle_discovery();
                     }
                 }
             }
@@ -976,12 +972,8 @@ impl RoomActor {
                 let was_open = std::mem::take(&mut entry.open);
                 entry.negotiation.handle_failed(session, Instant::now());
                 if was_open {
-                    self.channels
-                        .write()
-                        .unwrap_or_else(PoisonError::into_inner)
-                        .remove(&peer);
                     entry.left_reported = true;
-                    self.unsettle_discovery();
+                    self.channel_lost(peer);
                     self.emit(RoomEvent::PeerLeft { peer }).await;
                 }
             }
@@ -1239,11 +1231,7 @@ impl RoomActor {
             if let Some(session) = session {
                 entry.negotiation.handle_failed(session, now);
             }
-            self.channels
-                .write()
-                .unwrap_or_else(PoisonError::into_inner)
-                .remove(&peer);
-            self.unsettle_discovery();
+            self.channel_lost(peer);
             self.emit(RoomEvent::PeerLeft { peer }).await;
         }
     }
@@ -1574,6 +1562,17 @@ impl RoomActor {
         let soon = Instant::now() + self.config.discovery_initial;
         self.next_discovery = self.next_discovery.min(soon);
         self.discovery_interval = self.config.discovery_initial;
+    }
+
+    /// The open channel to `peer` is gone: it leaves the room's channel map, and the next
+    /// presence lookup comes within [`RoomConfig::discovery_max`] (see
+    /// [`Self::unsettle_discovery`]).
+    fn channel_lost(&mut self, peer: PeerId) {
+        self.channels
+            .write()
+            .unwrap_or_else(PoisonError::into_inner)
+            .remove(&peer);
+        self.unsettle_discovery();
     }
 
     /// A member is new or its channel closed: the next presence lookup comes within
