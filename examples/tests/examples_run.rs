@@ -68,7 +68,12 @@ impl Running {
                         return found;
                     }
                 }
-                Err(_) => panic!("no line with {what} within {DEADLINE:?}"),
+                Err(mpsc::RecvTimeoutError::Timeout) => {
+                    panic!("no line with {what} within {DEADLINE:?}")
+                }
+                Err(mpsc::RecvTimeoutError::Disconnected) => {
+                    panic!("the process closed its stdout before a line with {what} (its stderr is above)")
+                }
             }
         }
     }

@@ -77,6 +77,8 @@ pub const SIDE_CHANNEL_OPEN_TIMEOUT: Duration = Duration::from_secs(10);
 /// [`SIDE_CHANNEL_OPEN_TIMEOUT`].
 const SIDE_CHANNEL_RETRY_INITIAL: Duration = Duration::from_millis(50);
 const SIDE_CHANNEL_RETRY_MAX: Duration = Duration::from_secs(1);
+/// How often [`PeerConnection::flush`] looks at what its channels have outstanding.
+const FLUSH_POLL_INTERVAL: Duration = Duration::from_millis(10);
 
 /// Bytes a channel may have handed to SCTP but not yet had acknowledged before
 /// [`Channel::send`] waits (send backpressure). 1 MiB matches the SCTP receive window.
@@ -289,9 +291,35 @@ pub struct PeerConnection {
     side_channels_in_use: Arc<AtomicUsize>,
     /// See [`RtcConfig::ordered`].
     ordered: bool,
+    /// Every data channel of the connection, either side's: see [`PeerConnection::flush`].
+    channels: ChannelSet,
 }
 
 type IdleSideChannels = Arc<std::sync::Mutex<Vec<SideChannel>>>;
+
+/// The data channels of one connection, held weakly: a channel closed and dropped leaves.
+#[derive(Clone, Default)]
+struct ChannelSet(Arc<std::sync::Mutex<Vec<Weak<dyn DataChannel>>>>);
+
+impl ChannelSet {
+    fn add(&self, channel: &Arc<dyn DataChannel>) {
+        let mut channels = lock(&self.0);
+        channels.retain(|channel| channel.strong_count() > 0);
+        channels.push(Arc::downgrade(channel));
+    }
+
+    /// Bytes given to the channels that SCTP has not yet seen acknowledged (or abandoned).
+    async fn outstanding_bytes(&self) -> usize {
+        let channels: Vec<Arc<dyn DataChannel>> =
+            lock(&self.0).iter().filter_map(Weak::upgrade).collect();
+        let mut outstanding = 0;
+        for channel in channels {
+            // A channel that is closed has nothing left to deliver.
+            outstanding += channel.outstanding_bytes().await.unwrap_or(0);
+        }
+        outstanding
+    }
+}
 
 /// An open data channel. Cheap to clone; sends from clones interleave message by message.
 #[derive(Clone)]
@@ -341,6 +369,8 @@ struct Handler<T> {
     side_channels_in_use: Arc<AtomicUsize>,
     /// See [`RtcConfig::any_remote_label`].
     any_remote_label: bool,
+    /// See [`PeerConnection::flush`].
+    channels: ChannelSet,
 }
 
 impl RtcConfig {
@@ -434,6 +464,7 @@ impl PeerConnection {
         let opened = Arc::new(AtomicBool::new(false));
         let remote_side_channels = Arc::new(AtomicUsize::new(0));
         let side_channels_in_use = Arc::new(AtomicUsize::new(0));
+        let channels = ChannelSet::default();
         let pc = PeerConnectionBuilder::new()
             .with_configuration(configuration)
             .with_setting_engine(settings)
@@ -446,6 +477,7 @@ impl PeerConnection {
                 remote_side_channels: remote_side_channels.clone(),
                 side_channels_in_use: side_channels_in_use.clone(),
                 any_remote_label: config.any_remote_label,
+                channels: channels.clone(),
             }))
             .with_udp_addrs(bind)
             .with_runtime(Arc::new(runtime::BufferedRuntime::new()))
@@ -471,6 +503,7 @@ impl PeerConnection {
                 ));
             }),
             ordered: config.ordered,
+            channels,
         })
     }
 
@@ -494,6 +527,7 @@ impl PeerConnection {
             )
             .await
             .map_err(webrtc_error)?;
+        self.channels.add(&channel);
         (self.watch)(channel);
         let offer = self.inner.create_offer(None).await.map_err(webrtc_error)?;
         self.inner
@@ -661,6 +695,7 @@ impl PeerConnection {
                 .create_data_channel(label, Some(RTCDataChannelInit::default()))
                 .await
                 .map_err(webrtc_error)?;
+            self.channels.add(&channel);
             let (open_tx, open_rx) = tokio::sync::oneshot::channel();
             tokio::spawn(pump_side_channel::<()>(
                 channel.clone(),
@@ -726,6 +761,27 @@ impl PeerConnection {
     pub fn side_channels_open(&self) -> usize {
         self.local_side_channels.load(Ordering::Acquire)
             + self.remote_side_channels.load(Ordering::Acquire)
+    }
+
+    /// Waits until the remote's SCTP has acknowledged (RFC 9260 §3.3.4, SACK) every message
+    /// given to this connection's data channels, either side's, at most `limit`; returns
+    /// whether it did. Call it before [`PeerConnection::close`] to have the last messages
+    /// arrive: closing aborts the SCTP association (RFC 9260 §9.1), and the remote discards
+    /// what it has not read yet.
+    ///
+    /// An acknowledged message is in the remote's SCTP stack, not necessarily read by its
+    /// application; a connection whose remote is gone waits the whole `limit`.
+    pub async fn flush(&self, limit: Duration) -> bool {
+        let deadline = tokio::time::Instant::now() + limit;
+        loop {
+            if self.channels.outstanding_bytes().await == 0 {
+                return true;
+            }
+            if tokio::time::Instant::now() + FLUSH_POLL_INTERVAL > deadline {
+                return false;
+            }
+            tokio::time::sleep(FLUSH_POLL_INTERVAL).await;
+        }
     }
 
     /// Closes the connection and its channel.
@@ -983,6 +1039,7 @@ impl<T: Clone + Send + Sync + 'static> PeerConnectionEventHandler for Handler<T>
         // `any_remote_label`), and up to MAX_SIDE_CHANNELS side channels at once; anything
         // else is closed so that a peer cannot multiply channels or replace the one in use.
         let label = channel.label().await.unwrap_or_default();
+        self.channels.add(&channel);
         if is_side_label(&label) && self.channel_taken.load(Ordering::SeqCst) {
             if let Some(slot) = SideSlot::take(&self.remote_side_channels) {
                 tokio::spawn(pump_side_channel(

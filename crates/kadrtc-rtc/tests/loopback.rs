@@ -242,3 +242,37 @@ async fn a_released_side_channel_is_used_again_and_the_remote_keeps_reading_it()
     offerer.close().await;
     answerer.close().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn messages_sent_before_a_flushed_close_all_arrive_before_the_channel_closes() {
+    let (offerer, answerer, mut rx) = connected_pair().await;
+    let mine = answerer.open_side_channel("kadrtc-file").await.unwrap();
+    let mut theirs = next_side_channel(&mut rx, 'a').await;
+
+    // About 1 MiB in 60 KiB messages, then a small last one: the way a file's last reply
+    // follows its bytes. The close comes right after, as when an application leaves at once.
+    let chunk = vec![7u8; 60 * 1024];
+    for _ in 0..16 {
+        mine.send(&chunk).await.unwrap();
+    }
+    mine.send(b"last").await.unwrap();
+    assert!(
+        answerer.flush(Duration::from_secs(10)).await,
+        "the remote acknowledged everything within the limit"
+    );
+    answerer.close().await;
+
+    for index in 0..16 {
+        assert_eq!(
+            recv(&mut theirs).await.len(),
+            chunk.len(),
+            "message {index}"
+        );
+    }
+    assert_eq!(recv(&mut theirs).await, b"last");
+    let closed = timeout(Duration::from_secs(10), theirs.recv()).await;
+    assert_eq!(closed.expect("close seen within the deadline"), None);
+    // Nothing is outstanding on a connection that sent nothing.
+    assert!(offerer.flush(Duration::ZERO).await);
+    offerer.close().await;
+}

@@ -72,6 +72,10 @@ pub const ANSWER_CARRY_TIMEOUT: Duration = Duration::from_secs(300);
 /// [`crate::MAX_MESSAGE_SIZE`]); RFC 8831 §6.6.
 pub const MAX_MESSAGE_SIZE: usize = kadrtc_rtc::MAX_MESSAGE_SIZE;
 
+/// The longest [`ManualConnection::close`] waits for the other side to acknowledge what was
+/// sent before it closes: 1 s.
+pub const CLOSE_FLUSH_TIMEOUT: Duration = Duration::from_secs(1);
+
 /// Connection events waiting to be read with [`ManualConnection::next_event`].
 const EVENT_QUEUE: usize = 64;
 
@@ -522,10 +526,12 @@ impl ManualConnection {
         channel.send_text(text).await.map_err(ManualError::Send)
     }
 
-    /// Closes the channel and the connection; the other side sees [`ManualEvent::Closed`] (or
-    /// its WebRTC stack's equivalent).
+    /// Closes the channel and the connection once what was sent has arrived (at most
+    /// [`CLOSE_FLUSH_TIMEOUT`]); the other side sees [`ManualEvent::Closed`] (or its WebRTC
+    /// stack's equivalent).
     pub async fn close(mut self) {
         self.closed = true;
+        self.pc.flush(CLOSE_FLUSH_TIMEOUT).await;
         self.pc.close().await;
     }
 

@@ -65,6 +65,9 @@ pub const LEAVE_LIMIT: Duration = Duration::from_secs(5);
 const LEAVE_TIMEOUT: Duration = Duration::from_secs(2);
 /// How long leaving waits for the goodbye on open channels to be sent.
 const BYE_TIMEOUT: Duration = Duration::from_millis(500);
+/// How long leaving waits for the remote to acknowledge what was sent on a connection before
+/// it closes it (see [`PeerConnection::flush`]); part of the teardown's [`LEAVE_TIMEOUT`].
+const FLUSH_TIMEOUT: Duration = Duration::from_secs(1);
 /// How long a peer that left (or was given up on) is not rediscovered through stale provider
 /// records; a fresh announcement from it, or a new topic subscription, brings it back sooner.
 const DEPARTED_MEMORY: Duration = Duration::from_secs(120);
@@ -1679,7 +1682,12 @@ impl RoomActor {
             .drain()
             .filter_map(|(_, entry)| entry.connection.map(|(_, pc)| pc))
             .collect();
-        let close_all = futures::future::join_all(closing.iter().map(PeerConnection::close));
+        // What is still on its way (a file's last reply, the goodbye) arrives before the
+        // close, which aborts the association and has the remote drop what it holds unread.
+        let close_all = futures::future::join_all(closing.iter().map(|pc| async move {
+            pc.flush(FLUSH_TIMEOUT).await;
+            pc.close().await;
+        }));
         let _ = tokio::time::timeout(LEAVE_TIMEOUT, close_all).await;
         // Only now may the room be joined again.
         self.node
