@@ -3,6 +3,8 @@
 
 mod support;
 
+use std::path::Path;
+
 use support::{network, room_name, test_dir, Proc};
 
 /// Both joiners report `channel_open` with each other.
@@ -17,37 +19,37 @@ fn both_open(a: &mut Proc, a_id: &str, b: &mut Proc, b_id: &str) {
     assert_eq!(open_b["peer_id"], a_id);
 }
 
+/// A `kadrtc node` on the identity kept in `identity`, listening on `listen`.
+fn identity_node(label: &str, identity: &Path, listen: &str, bootstrap: Option<&str>) -> Proc {
+    let mut args = vec![
+        "node",
+        "--identity",
+        identity.to_str().unwrap(),
+        "--listen",
+        listen,
+        "--stun-port",
+        "0",
+        "--no-mdns",
+        "--json",
+    ];
+    if let Some(bootstrap) = bootstrap {
+        args.extend(["--bootstrap", bootstrap]);
+    }
+    Proc::spawn(label, &args)
+}
+
 #[test]
 fn a_node_restarted_with_its_identity_comes_back_with_its_peer_id_and_serves_joiners_again() {
     let (_nodes, addrs) = network(2);
     let identity = test_dir().join("restarted-node.key");
-    let identity = identity.to_str().unwrap();
-    let node_args = |bootstrap: &str| {
-        vec![
-            "node".to_string(),
-            "--identity".into(),
-            identity.into(),
-            "--listen".into(),
-            "/ip4/127.0.0.1/tcp/0".into(),
-            "--stun-port".into(),
-            "0".into(),
-            "--no-mdns".into(),
-            "--json".into(),
-            "--bootstrap".into(),
-            bootstrap.into(),
-        ]
-    };
-    let args = node_args(&addrs[0]);
-    let args: Vec<&str> = args.iter().map(String::as_str).collect();
-    let mut node = Proc::spawn("restarted-before", &args);
+    let listen = "/ip4/127.0.0.1/tcp/0";
+    let mut node = identity_node("restarted-before", &identity, listen, Some(&addrs[0]));
     let (first_id, _) = node.ready();
     node.child.kill().unwrap();
     node.child.wait().unwrap();
 
     // Back on its identity (the dead process's lock went with it), through the other node.
-    let args = node_args(&addrs[1]);
-    let args: Vec<&str> = args.iter().map(String::as_str).collect();
-    let mut node = Proc::spawn("restarted-after", &args);
+    let mut node = identity_node("restarted-after", &identity, listen, Some(&addrs[1]));
     let (second_id, addr) = node.ready();
     assert_eq!(second_id, first_id, "the same PeerId after the restart");
 
@@ -90,23 +92,12 @@ fn a_joiner_whose_bootstrap_node_dies_keeps_finding_newcomers_through_the_other_
 #[test]
 fn a_joiner_cut_off_from_every_node_says_so_and_comes_back_when_its_bootstrap_node_does() {
     let identity = test_dir().join("comeback-node.key");
-    let identity = identity.to_str().unwrap();
-    let node_args = |listen: &str| {
-        vec![
-            "node".to_string(),
-            "--identity".into(),
-            identity.into(),
-            "--listen".into(),
-            listen.into(),
-            "--stun-port".into(),
-            "0".into(),
-            "--no-mdns".into(),
-            "--json".into(),
-        ]
-    };
-    let args = node_args("/ip4/127.0.0.1/tcp/0");
-    let args: Vec<&str> = args.iter().map(String::as_str).collect();
-    let mut node = Proc::spawn("comeback-node-before", &args);
+    let mut node = identity_node(
+        "comeback-node-before",
+        &identity,
+        "/ip4/127.0.0.1/tcp/0",
+        None,
+    );
     let (_, addr) = node.ready();
     let room = room_name("comeback");
     let mut a = Proc::join("comeback-a", &room, &addr);
@@ -121,10 +112,8 @@ fn a_joiner_cut_off_from_every_node_says_so_and_comes_back_when_its_bootstrap_no
     assert!(lost["message"].as_str().unwrap().contains("bootstrap"));
 
     // The node comes back on the same address: the joiner dials it again by itself.
-    let listen = addr.split("/p2p/").next().unwrap().to_string();
-    let args = node_args(&listen);
-    let args: Vec<&str> = args.iter().map(String::as_str).collect();
-    let mut node = Proc::spawn("comeback-node-after", &args);
+    let listen = addr.split("/p2p/").next().unwrap();
+    let mut node = identity_node("comeback-node-after", &identity, listen, None);
     node.ready();
     a.wait_event("network_restored");
 

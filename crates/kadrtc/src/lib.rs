@@ -85,7 +85,8 @@
 //!   `kadrtc://` form ([`RoomLink`]'s `Display`, read back with [`RoomLink::parse`]) carries
 //!   the room and bootstrap addresses to the other side in one line.
 //! - **Leaving**: [`Room::leave`] says goodbye on every channel (members report `PeerLeft`
-//!   at once), announces the departure, withdraws presence and closes the channels, in at
+//!   at once), announces the departure, withdraws presence and closes the channels once what
+//!   was sent on them has arrived (a message sent just before, a file's last reply), in at
 //!   most [`LEAVE_LIMIT`]; dropping the room does the same in the background.
 //!
 //! # Files

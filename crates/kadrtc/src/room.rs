@@ -577,7 +577,8 @@ impl Room {
 
     /// Leaves the room: says goodbye on every open channel (the members report
     /// [`RoomEvent::PeerLeft`] at once), announces the departure on the room topic, withdraws
-    /// the presence announcement and closes every channel, waiting at most [`LEAVE_LIMIT`].
+    /// the presence announcement and closes every channel once the members acknowledged what
+    /// was sent on it (at most 1 s each), waiting at most [`LEAVE_LIMIT`] in all.
     pub async fn leave(self) {
         let Room {
             events, commands, ..

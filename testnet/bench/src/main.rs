@@ -15,6 +15,7 @@
 mod dht;
 mod files;
 mod join;
+mod logging;
 mod plot;
 mod procs;
 mod relay;
@@ -23,7 +24,6 @@ mod rtc;
 mod stats;
 
 use std::future::Future;
-use std::io::IsTerminal as _;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -33,11 +33,6 @@ use clap::{Parser, ValueEnum};
 
 use crate::report::{Machine, Results, SectionError};
 use crate::rtc::MIB;
-
-/// Log filter when `RUST_LOG` is unset: warnings, but not the routine ones of webrtc-rs and
-/// gossipsub (peers joining and leaving rooms every run).
-const DEFAULT_LOG_FILTER: &str =
-    "warn,rtc=error,rtc_dtls=error,rtc_ice=error,rtc_sctp=error,webrtc=error,libp2p_gossipsub=error";
 
 /// Message sizes of the throughput figures, bytes.
 const MESSAGE_SIZES: [usize; 2] = [16 * 1024, 64 * 1024];
@@ -112,14 +107,7 @@ struct Plan {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    tracing_subscriber::fmt()
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::stderr().is_terminal())
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(DEFAULT_LOG_FILTER)),
-        )
-        .init();
+    logging::init();
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(runtime) => runtime,
         Err(error) => {

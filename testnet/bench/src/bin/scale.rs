@@ -13,6 +13,8 @@
 //! `testnet/scale.sh` runs them (and the multi-process and NAT scenarios) and prints the
 //! table; the exit status is non-zero when a scenario's condition does not hold.
 
+#[path = "../logging.rs"]
+mod logging;
 #[path = "../stats.rs"]
 #[allow(dead_code)]
 mod stats;
@@ -27,9 +29,6 @@ use rand::seq::IndexedRandom as _;
 use rand::Rng as _;
 use serde::Serialize;
 
-/// Log filter when `RUST_LOG` is unset.
-const DEFAULT_LOG_FILTER: &str =
-    "warn,rtc=error,rtc_dtls=error,rtc_ice=error,rtc_sctp=error,webrtc=error,libp2p_gossipsub=error";
 /// Nodes started at once while building a network.
 const START_CONCURRENCY: usize = 16;
 /// How long the nodes of a fresh network get to fill their routing tables.
@@ -107,13 +106,7 @@ enum Scenario {
 }
 
 fn main() -> std::process::ExitCode {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(DEFAULT_LOG_FILTER)),
-        )
-        .with_writer(std::io::stderr)
-        .init();
+    logging::init();
     let cli = Cli::parse();
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(runtime) => runtime,
