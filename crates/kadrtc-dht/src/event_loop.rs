@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use futures::StreamExt;
-use governor::{DefaultKeyedRateLimiter, Quota};
+use governor::{DefaultDirectRateLimiter, DefaultKeyedRateLimiter, Quota};
 use kadrtc_proto::{
     is_presence_key, unix_time_ms, Envelope, EnvelopeError, Sealed, MAILBOX_KEY_PREFIX,
     MAX_ENVELOPE_SIZE,
@@ -126,7 +126,23 @@ struct PendingIce {
 /// Per-publisher rate limit over a one-minute quota, tracking at most
 /// [`MAX_TRACKED_PUBLISHERS`] publishers.
 struct PublisherRate {
+    /// What is counted, in the plural, for the log ("records").
+    what: &'static str,
+    limit: u32,
     limiter: DefaultKeyedRateLimiter<PeerId>,
+    /// One warning per publisher a minute: a flood's further refusals are debug lines.
+    warned: DefaultKeyedRateLimiter<PeerId>,
+    /// One warning a minute that the table is full, whoever is refused.
+    full_warned: DefaultDirectRateLimiter,
+}
+
+/// Why [`PublisherRate::check`] refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Refusal {
+    /// The publisher used up its quota for this minute.
+    OverQuota,
+    /// [`MAX_TRACKED_PUBLISHERS`] others were seen within the last minute.
+    TableFull,
 }
 
 /// A `get_record` query whose values are collected until it finishes.
@@ -328,9 +344,15 @@ pub(crate) async fn start(
         pending_providers: HashMap::new(),
         pending_get: HashMap::new(),
         topics: HashMap::new(),
-        record_rate: PublisherRate::per_minute(MAX_RECORDS_PER_PUBLISHER_PER_MINUTE),
-        provider_rate: PublisherRate::per_minute(MAX_PROVIDER_RECORDS_PER_PUBLISHER_PER_MINUTE),
-        topic_rate: PublisherRate::per_minute(MAX_TOPIC_MESSAGES_PER_AUTHOR_PER_MINUTE),
+        record_rate: PublisherRate::per_minute("records", MAX_RECORDS_PER_PUBLISHER_PER_MINUTE),
+        provider_rate: PublisherRate::per_minute(
+            "provider records",
+            MAX_PROVIDER_RECORDS_PER_PUBLISHER_PER_MINUTE,
+        ),
+        topic_rate: PublisherRate::per_minute(
+            "topic messages",
+            MAX_TOPIC_MESSAGES_PER_AUTHOR_PER_MINUTE,
+        ),
         ice_service: config.ice.clone(),
         pending_ice: HashMap::new(),
         peer_ips,
@@ -1031,9 +1053,7 @@ impl EventLoop {
                 source,
                 record: Some(_),
                 ..
-            } if !self.record_rate.allow(source) => {
-                tracing::warn!(%source, limit = MAX_RECORDS_PER_PUBLISHER_PER_MINUTE, "rejected record: publisher over its records per minute");
-            }
+            } if !self.record_rate.allow(source) => {}
             kad::InboundRequest::PutRecord {
                 source,
                 record: Some(mut record),
@@ -1066,14 +1086,15 @@ impl EventLoop {
                     tracing::warn!(%source, %error, "rejected record: {}", error_chain(&error));
                 }
             },
+            // libp2p-kad has checked that the record names its publisher; the publisher must
+            // be within its rate and the key a sha2-256 multihash.
+            kad::InboundRequest::AddProvider {
+                record: Some(record),
+            } if !self.provider_rate.allow(record.provider) => {}
             kad::InboundRequest::AddProvider {
                 record: Some(record),
             } => {
-                // libp2p-kad has checked that the record names its publisher; the key must be
-                // a sha2-256 multihash and the publisher within its rate.
-                if !self.provider_rate.allow(record.provider) {
-                    tracing::warn!(provider = %record.provider, limit = MAX_PROVIDER_RECORDS_PER_PUBLISHER_PER_MINUTE, "rejected provider record: publisher over its provider records per minute");
-                } else if is_presence_key(record.key.as_ref()) {
+                if is_presence_key(record.key.as_ref()) {
                     let key = record.key.clone();
                     match store.add_provider(record) {
                         Ok(()) => {
@@ -1113,7 +1134,7 @@ impl EventLoop {
                     .source
                     .is_some_and(|author| self.topic_rate.allow(author)) =>
             {
-                tracing::warn!(%topic, source = ?message.source, limit = MAX_TOPIC_MESSAGES_PER_AUTHOR_PER_MINUTE, "ignored topic message: author over its messages per minute");
+                tracing::debug!(%topic, "topic message ignored");
                 gossipsub::MessageAcceptance::Ignore
             }
             Some((topic, sender)) => {
@@ -1232,24 +1253,77 @@ fn room_topic_score_params() -> gossipsub::TopicScoreParams {
 }
 
 impl PublisherRate {
-    fn per_minute(limit: u32) -> Self {
-        let limit = NonZeroU32::new(limit).unwrap_or(NonZeroU32::MIN);
+    /// At most `limit` `what` (plural, for the log) per publisher and minute.
+    fn per_minute(what: &'static str, limit: u32) -> Self {
+        let quota = NonZeroU32::new(limit).unwrap_or(NonZeroU32::MIN);
         Self {
-            limiter: DefaultKeyedRateLimiter::hashmap(Quota::per_minute(limit)),
+            what,
+            limit,
+            limiter: DefaultKeyedRateLimiter::hashmap(Quota::per_minute(quota)),
+            warned: DefaultKeyedRateLimiter::hashmap(Quota::per_minute(NonZeroU32::MIN)),
+            full_warned: DefaultDirectRateLimiter::direct(Quota::per_minute(NonZeroU32::MIN)),
         }
     }
 
-    /// Counts one event of `publisher`; false when it is over its quota, or when the table
-    /// is full of publishers seen within the last minute.
+    /// Counts one event of `publisher`; false, and logged, when [`Self::check`] refuses it.
+    /// A publisher's first refusal within a minute is a warning, the rest debug lines, and so
+    /// is all but one a minute of the refusals for a full table: a flood past the limits
+    /// must not become a flood of the log.
     fn allow(&mut self, publisher: PeerId) -> bool {
-        if self.limiter.len() >= MAX_TRACKED_PUBLISHERS {
-            self.limiter.retain_recent();
-            if self.limiter.len() >= MAX_TRACKED_PUBLISHERS {
-                return false;
+        let Err(refusal) = self.check(publisher) else {
+            return true;
+        };
+        let (what, limit) = (self.what, self.limit);
+        if self.first_refusal(publisher, refusal) {
+            match refusal {
+                Refusal::OverQuota => {
+                    tracing::warn!(%publisher, limit, "refused {what}: publisher over its {what} per minute (more refusals of it within a minute are logged at debug)")
+                }
+                Refusal::TableFull => {
+                    tracing::warn!(%publisher, tracked = MAX_TRACKED_PUBLISHERS, "refused {what}: too many publishers within the last minute")
+                }
             }
+        } else {
+            tracing::debug!(%publisher, ?refusal, "refused {what}");
         }
-        self.limiter.check_key(&publisher).is_ok()
+        false
     }
+
+    /// Whether this refusal is the first within a minute: of `publisher` past its quota, or
+    /// of anyone for a full table. Counts it.
+    fn first_refusal(&mut self, publisher: PeerId, refusal: Refusal) -> bool {
+        match refusal {
+            Refusal::OverQuota => {
+                has_room(&mut self.warned) && self.warned.check_key(&publisher).is_ok()
+            }
+            Refusal::TableFull => self.full_warned.check().is_ok(),
+        }
+    }
+
+    /// Counts one event of `publisher`.
+    ///
+    /// # Errors
+    ///
+    /// [`Refusal::OverQuota`] past its quota, [`Refusal::TableFull`] when the table is full
+    /// of publishers seen within the last minute.
+    fn check(&mut self, publisher: PeerId) -> Result<(), Refusal> {
+        if !has_room(&mut self.limiter) {
+            return Err(Refusal::TableFull);
+        }
+        self.limiter
+            .check_key(&publisher)
+            .map_err(|_| Refusal::OverQuota)
+    }
+}
+
+/// Whether `limiter` has room for one more publisher: it tracks fewer than
+/// [`MAX_TRACKED_PUBLISHERS`], once those not seen within its period are forgotten.
+fn has_room(limiter: &mut DefaultKeyedRateLimiter<PeerId>) -> bool {
+    if limiter.len() < MAX_TRACKED_PUBLISHERS {
+        return true;
+    }
+    limiter.retain_recent();
+    limiter.len() < MAX_TRACKED_PUBLISHERS
 }
 
 fn error_chain(error: &dyn std::error::Error) -> String {
@@ -1261,4 +1335,42 @@ fn error_chain(error: &dyn std::error::Error) -> String {
         source = cause.source();
     }
     text
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_publisher_over_its_quota_is_refused_and_warned_about_once_a_minute_not_per_refusal() {
+        let mut rate = PublisherRate::per_minute("records", 3);
+        let (flooder, other) = (PeerId::random(), PeerId::random());
+        for _ in 0..3 {
+            assert_eq!(rate.check(flooder), Ok(()));
+        }
+        assert_eq!(rate.check(flooder), Err(Refusal::OverQuota));
+        assert!(
+            rate.first_refusal(flooder, Refusal::OverQuota),
+            "the first refusal is told"
+        );
+        for _ in 0..100 {
+            assert!(!rate.allow(flooder));
+        }
+        assert!(
+            !rate.first_refusal(flooder, Refusal::OverQuota),
+            "the flood's others are not"
+        );
+        // Another publisher has its own quota, and its own first refusal.
+        for _ in 0..3 {
+            assert!(rate.allow(other));
+        }
+        assert!(!rate.allow(other));
+        assert!(
+            !rate.first_refusal(other, Refusal::OverQuota),
+            "allow told its first refusal"
+        );
+        // A full table is told once a minute, whoever is refused.
+        assert!(rate.first_refusal(PeerId::random(), Refusal::TableFull));
+        assert!(!rate.first_refusal(PeerId::random(), Refusal::TableFull));
+    }
 }

@@ -15,7 +15,9 @@
 //!
 //! Every node bounds what others can make it hold or do; the limits are the `MAX_*`
 //! constants below (records stored, providers per key, records and provider records accepted
-//! per publisher per minute, topic messages per author per minute, connections).
+//! per publisher per minute, topic messages per author per minute, connections). A
+//! publisher's first refusal for its rate within a minute is logged as a warning, the rest
+//! of its flood at debug level.
 //!
 //! ```no_run
 //! # async fn run() -> Result<(), kadrtc_dht::DhtError> {
