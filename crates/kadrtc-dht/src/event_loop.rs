@@ -93,6 +93,8 @@ struct EventLoop {
     record_handover: bool,
     /// Kademlia's k, for the hand-over.
     replication_factor: usize,
+    /// See [`crate::DhtConfig::get_record_grace`].
+    get_record_grace: Duration,
 }
 
 /// How often expired records and provider records leave the store. libp2p-kad drops them
@@ -149,6 +151,9 @@ enum Refusal {
 struct PendingGet {
     found: Vec<Vec<u8>>,
     reply: RecordsReply,
+    /// When the query is ended with what it found: [`crate::DhtConfig::get_record_grace`]
+    /// after its first value.
+    finish_at: Option<tokio::time::Instant>,
 }
 
 /// A query whose results are collected until it finishes.
@@ -363,6 +368,7 @@ pub(crate) async fn start(
         provider_keys: HashSet::new(),
         record_handover: config.record_handover,
         replication_factor: config.replication_factor.get(),
+        get_record_grace: config.get_record_grace,
     };
     tokio::spawn(event_loop.run());
     Ok(addrs)
@@ -557,14 +563,34 @@ impl EventLoop {
         purge.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             let redial_at = self.redial.map(|(at, _)| at);
+            let get_due = self
+                .pending_get
+                .values()
+                .filter_map(|get| get.finish_at)
+                .min();
             tokio::select! {
                 _ = purge.tick() => self.purge_expired(),
+                () = sleep_until_some(get_due) => self.finish_due_gets(),
                 event = self.swarm.select_next_some() => self.handle_swarm_event(event),
                 command = self.commands.recv() => match command {
                     Some(command) => self.handle_command(command),
                     None => return,
                 },
                 () = sleep_until_some(redial_at) => self.redial_bootstrap(),
+            }
+        }
+    }
+
+    /// Ends the `get_record` queries whose grace after their first value has passed; each
+    /// replies with what it found when libp2p-kad reports the query finished.
+    fn finish_due_gets(&mut self) {
+        let now = tokio::time::Instant::now();
+        for (id, get) in &mut self.pending_get {
+            if get.finish_at.is_some_and(|at| at <= now) {
+                get.finish_at = None;
+                if let Some(mut query) = self.swarm.behaviour_mut().kad.query_mut(id) {
+                    query.finish();
+                }
             }
         }
     }
@@ -735,6 +761,7 @@ impl EventLoop {
                     PendingGet {
                         found: Vec::new(),
                         reply,
+                        finish_at: None,
                     },
                 );
             }
@@ -1016,9 +1043,15 @@ impl EventLoop {
                 let finished = step.last;
                 match result {
                     Ok(kad::GetRecordOk::FoundRecord(found)) => {
-                        if let Some(PendingGet { found: values, .. }) =
-                            self.pending_get.get_mut(&id)
+                        if let Some(PendingGet {
+                            found: values,
+                            finish_at,
+                            ..
+                        }) = self.pending_get.get_mut(&id)
                         {
+                            finish_at.get_or_insert_with(|| {
+                                tokio::time::Instant::now() + self.get_record_grace
+                            });
                             if values.len() < MAX_RECORDS_PER_GET
                                 && !values.contains(&found.record.value)
                             {
@@ -1035,6 +1068,7 @@ impl EventLoop {
                     if let Some(PendingGet {
                         found: values,
                         reply,
+                        ..
                     }) = self.pending_get.remove(&id)
                     {
                         let _ = reply.send(Ok((values, QueryStats::from_kad(&stats))));

@@ -602,3 +602,101 @@ async fn get_record_with_stats_counts_the_requests_of_a_network_lookup() {
     assert!(values.is_empty());
     assert!(stats.requests >= 1, "{stats:?}");
 }
+
+/// A TCP proxy on 127.0.0.1 to `target`. Once `true` is sent on the returned sender it
+/// passes no byte on, either way, and keeps the connections open: a peer that stopped
+/// answering.
+async fn freezable_proxy(target: std::net::SocketAddr) -> (u16, tokio::sync::watch::Sender<bool>) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let (freeze, frozen) = tokio::sync::watch::channel(false);
+    tokio::spawn(async move {
+        while let Ok((inbound, _)) = listener.accept().await {
+            let Ok(outbound) = tokio::net::TcpStream::connect(target).await else {
+                continue;
+            };
+            let (inbound_read, inbound_write) = inbound.into_split();
+            let (outbound_read, outbound_write) = outbound.into_split();
+            tokio::spawn(pass_on(inbound_read, outbound_write, frozen.clone()));
+            tokio::spawn(pass_on(outbound_read, inbound_write, frozen.clone()));
+        }
+    });
+    (port, freeze)
+}
+
+/// Copies `from` to `to` until either closes; holds every byte once `frozen` is true.
+async fn pass_on(
+    mut from: tokio::net::tcp::OwnedReadHalf,
+    mut to: tokio::net::tcp::OwnedWriteHalf,
+    mut frozen: tokio::sync::watch::Receiver<bool>,
+) {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let mut buffer = vec![0; 16 * 1024];
+    loop {
+        let read = match from.read(&mut buffer).await {
+            Ok(0) | Err(_) => return,
+            Ok(read) => read,
+        };
+        if *frozen.borrow_and_update() {
+            // Held for good: the connection stays open and silent.
+            let _ = frozen.wait_for(|frozen| !frozen).await;
+            std::future::pending::<()>().await;
+        }
+        if to.write_all(&buffer[..read]).await.is_err() {
+            return;
+        }
+    }
+}
+
+/// A reader that knows the writer directly and a second node only through a proxy that
+/// then stops passing bytes: what its get of the writer's record returns within 5 s, with
+/// `grace` as its [`DhtConfig::get_record_grace`].
+async fn get_beside_a_silent_node(grace: Duration) -> (Vec<u8>, Option<Vec<Vec<u8>>>) {
+    let silent = node(None).await;
+    let writer_key = Keypair::generate_ed25519();
+    let writer = node_with_key(writer_key.clone(), Some(&silent)).await;
+    let (key, value) = put_offer(&writer, &writer_key).await;
+
+    let silent_addr = silent.listen_addrs()[0].clone();
+    let silent_port = silent_addr
+        .iter()
+        .find_map(|protocol| match protocol {
+            libp2p::multiaddr::Protocol::Tcp(port) => Some(port),
+            _ => None,
+        })
+        .unwrap();
+    let (proxy_port, freeze) = freezable_proxy(([127, 0, 0, 1], silent_port).into()).await;
+    let through_proxy = format!("/ip4/127.0.0.1/tcp/{proxy_port}/p2p/{}", silent.peer_id());
+    let mut reader_config = config(Keypair::generate_ed25519(), Some(&writer))
+        .with_bootstrap(through_proxy.parse().unwrap());
+    reader_config.get_record_grace = grace;
+    reader_config.query_timeout = Duration::from_secs(30);
+    let reader = DhtHandle::spawn(reader_config).await.unwrap();
+    // Both nodes answer the reader's gets while the proxy passes bytes.
+    eventually(Duration::from_secs(10), || {
+        let (reader, key) = (reader.clone(), key.clone());
+        async move {
+            let (_, stats) = reader.get_record_with_stats(key).await.ok()?;
+            (stats.successes >= 2).then_some(())
+        }
+    })
+    .await
+    .expect("the reader asks both nodes");
+
+    freeze.send(true).unwrap();
+    let values = timeout(Duration::from_secs(5), reader.get_record(key))
+        .await
+        .ok()
+        .map(Result::unwrap);
+    (value, values)
+}
+
+#[tokio::test]
+async fn a_get_ends_a_grace_after_its_first_record_when_another_node_never_answers() {
+    let (value, values) = get_beside_a_silent_node(Duration::from_millis(500)).await;
+    assert_eq!(values, Some(vec![value]), "the writer's copy within 5 s");
+    // Control: without the grace, the get waits for the silent node (up to its 10 s request
+    // timeout) and is still running after 5 s.
+    let (_, values) = get_beside_a_silent_node(Duration::from_secs(60)).await;
+    assert_eq!(values, None, "the get waited for the silent node");
+}
