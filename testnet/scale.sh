@@ -12,7 +12,7 @@
 #   network    200 nodes in one process, 100 rooms of two of them joined 2 a second
 #              (kadrtc-scale, on libp2p's memory transport): every pair connects; record gets
 #              and requests per get against log2 N; memory per node; messages per node per
-#              minute
+#              minute, from 2 minutes after the last pair connected
 #   cut        a pair's open channel loses its path for 10 s (router A's link cut in the NAT
 #              lab, testnet/nat.sh scenario cut-cone, as root): peer_left, then open again
 #   soak       10 minutes of pairs joining fresh rooms and leaving: RSS and open files
@@ -93,7 +93,7 @@ SCALE_BIN="$TARGET_DIR/$PROFILE/kadrtc-scale"
 if ((SMALL)); then
   PROCS_ARGS=(--nodes 10 --rooms 4)
   KILL_ARGS=(--nodes 10 --rooms 4 --kill 3 --keep-a-bootstrap)
-  NETWORK_ARGS=(--nodes 20 --rooms 5 --observe-s 10)
+  NETWORK_ARGS=(--nodes 20 --rooms 5 --observe-s 10 --settle-s 0)
   SOAK_ARGS=(--minutes 1 --pairs 2)
   IDLE_ARGS=(--minutes 1)
   CUT_RUNS=1

@@ -93,8 +93,8 @@ struct EventLoop {
     record_handover: bool,
     /// Kademlia's k, for the hand-over.
     replication_factor: usize,
-    /// See [`crate::DhtConfig::get_record_grace`].
-    get_record_grace: Duration,
+    /// See [`crate::DhtConfig::lookup_grace`].
+    lookup_grace: Duration,
 }
 
 /// How often expired records and provider records leave the store. libp2p-kad drops them
@@ -151,7 +151,7 @@ enum Refusal {
 struct PendingGet {
     found: Vec<Vec<u8>>,
     reply: RecordsReply,
-    /// When the query is ended with what it found: [`crate::DhtConfig::get_record_grace`]
+    /// When the query is ended with what it found: [`crate::DhtConfig::lookup_grace`]
     /// after its first value.
     finish_at: Option<tokio::time::Instant>,
 }
@@ -160,6 +160,8 @@ struct PendingGet {
 struct Pending<T> {
     found: T,
     reply: oneshot::Sender<Result<T, DhtError>>,
+    /// As [`PendingGet::finish_at`], from the first result.
+    finish_at: Option<tokio::time::Instant>,
 }
 
 /// Sleeps until `at`, or for ever when `None`.
@@ -368,7 +370,7 @@ pub(crate) async fn start(
         provider_keys: HashSet::new(),
         record_handover: config.record_handover,
         replication_factor: config.replication_factor.get(),
-        get_record_grace: config.get_record_grace,
+        lookup_grace: config.lookup_grace,
     };
     tokio::spawn(event_loop.run());
     Ok(addrs)
@@ -563,14 +565,19 @@ impl EventLoop {
         purge.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             let redial_at = self.redial.map(|(at, _)| at);
-            let get_due = self
+            let lookup_due = self
                 .pending_get
                 .values()
                 .filter_map(|get| get.finish_at)
+                .chain(
+                    self.pending_providers
+                        .values()
+                        .filter_map(|get| get.finish_at),
+                )
                 .min();
             tokio::select! {
                 _ = purge.tick() => self.purge_expired(),
-                () = sleep_until_some(get_due) => self.finish_due_gets(),
+                () = sleep_until_some(lookup_due) => self.finish_due_lookups(),
                 event = self.swarm.select_next_some() => self.handle_swarm_event(event),
                 command = self.commands.recv() => match command {
                     Some(command) => self.handle_command(command),
@@ -581,16 +588,33 @@ impl EventLoop {
         }
     }
 
-    /// Ends the `get_record` queries whose grace after their first value has passed; each
-    /// replies with what it found when libp2p-kad reports the query finished.
-    fn finish_due_gets(&mut self) {
+    /// Ends the `get_record` and `get_providers` queries whose grace after their first
+    /// result has passed; each replies with what it found when libp2p-kad reports the query
+    /// finished.
+    fn finish_due_lookups(&mut self) {
         let now = tokio::time::Instant::now();
+        let due = |finish_at: &mut Option<tokio::time::Instant>| {
+            let due = finish_at.is_some_and(|at| at <= now);
+            if due {
+                *finish_at = None;
+            }
+            due
+        };
+        let mut ids: Vec<kad::QueryId> = Vec::new();
         for (id, get) in &mut self.pending_get {
-            if get.finish_at.is_some_and(|at| at <= now) {
-                get.finish_at = None;
-                if let Some(mut query) = self.swarm.behaviour_mut().kad.query_mut(id) {
-                    query.finish();
-                }
+            if due(&mut get.finish_at) {
+                ids.push(*id);
+            }
+        }
+        for (id, lookup) in &mut self.pending_providers {
+            if due(&mut lookup.finish_at) {
+                ids.push(*id);
+            }
+        }
+        let kad = &mut self.swarm.behaviour_mut().kad;
+        for id in ids {
+            if let Some(mut query) = kad.query_mut(&id) {
+                query.finish();
             }
         }
     }
@@ -734,6 +758,7 @@ impl EventLoop {
                     Pending {
                         found: Vec::new(),
                         reply,
+                        finish_at: None,
                     },
                 );
             }
@@ -968,6 +993,7 @@ impl EventLoop {
                         &self.traffic.kad_requests_sent,
                         u64::from(stats.num_requests()),
                     );
+                    tracing::trace!(target: "kadrtc_dht::queries", kind = query_kind(&result), requests = stats.num_requests(), "query requests");
                 }
                 self.handle_query_result(id, result, step, stats);
             }
@@ -1021,8 +1047,14 @@ impl EventLoop {
                             }
                         }
                     }
-                    if let Some(Pending { found, .. }) = self.pending_providers.get_mut(&id) {
+                    if let Some(Pending {
+                        found, finish_at, ..
+                    }) = self.pending_providers.get_mut(&id)
+                    {
                         for peer in providers.iter().filter(|p| **p != local) {
+                            finish_at.get_or_insert_with(|| {
+                                tokio::time::Instant::now() + self.lookup_grace
+                            });
                             if found.len() < MAX_PROVIDERS_PER_GET && !found.contains(peer) {
                                 found.push(*peer);
                             }
@@ -1034,7 +1066,7 @@ impl EventLoop {
                 }
                 if step.last || result.is_err() {
                     // A timed-out query still returns what it found.
-                    if let Some(Pending { found, reply }) = self.pending_providers.remove(&id) {
+                    if let Some(Pending { found, reply, .. }) = self.pending_providers.remove(&id) {
                         let _ = reply.send(Ok(found));
                     }
                 }
@@ -1050,7 +1082,7 @@ impl EventLoop {
                         }) = self.pending_get.get_mut(&id)
                         {
                             finish_at.get_or_insert_with(|| {
-                                tokio::time::Instant::now() + self.get_record_grace
+                                tokio::time::Instant::now() + self.lookup_grace
                             });
                             if values.len() < MAX_RECORDS_PER_GET
                                 && !values.contains(&found.record.value)
@@ -1347,6 +1379,20 @@ impl PublisherRate {
         self.limiter
             .check_key(&publisher)
             .map_err(|_| Refusal::OverQuota)
+    }
+}
+
+/// The kind of a query, for the log.
+fn query_kind(result: &kad::QueryResult) -> &'static str {
+    match result {
+        kad::QueryResult::Bootstrap(_) => "bootstrap",
+        kad::QueryResult::GetClosestPeers(_) => "get_closest_peers",
+        kad::QueryResult::GetProviders(_) => "get_providers",
+        kad::QueryResult::StartProviding(_) => "start_providing",
+        kad::QueryResult::RepublishProvider(_) => "republish_provider",
+        kad::QueryResult::GetRecord(_) => "get_record",
+        kad::QueryResult::PutRecord(_) => "put_record",
+        kad::QueryResult::RepublishRecord(_) => "republish_record",
     }
 }
 

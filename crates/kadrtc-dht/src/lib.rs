@@ -70,12 +70,13 @@ pub const DEFAULT_REPLICATION_FACTOR: usize = 20;
 pub const DEFAULT_BOOTSTRAP_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long one Kademlia query may run.
 pub const DEFAULT_QUERY_TIMEOUT: Duration = Duration::from_secs(10);
-/// How long a [`DhtHandle::get_record`] query goes on once it found a first copy of the
-/// record, for other holders' (perhaps newer) copies, before it ends with what it has. A
+/// How long a [`DhtHandle::get_record`] or [`DhtHandle::get_providers`] query goes on once
+/// it found a first result (a copy of the record; a provider other than this node), for
+/// other nodes' answers (newer copies, more providers), before it ends with what it has. A
 /// query ends sooner when every node it asks has answered. Without it, one slow or
-/// unreachable node among the k closest held every get to [`DEFAULT_QUERY_TIMEOUT`]: on a
-/// loaded 200-node network, the median get took 10.8 s (BENCHMARKS.md, item 8).
-pub const DEFAULT_GET_RECORD_GRACE: Duration = Duration::from_secs(1);
+/// unreachable node among the k closest held every lookup to [`DEFAULT_QUERY_TIMEOUT`]: on
+/// a loaded 200-node network, the median get took 10.8 s (BENCHMARKS.md, item 8).
+pub const DEFAULT_LOOKUP_GRACE: Duration = Duration::from_secs(1);
 /// Capacity of the command channel from handles to the event loop.
 pub const COMMAND_CHANNEL_CAPACITY: usize = 256;
 /// Capacity of each topic subscription's message channel; messages beyond it are dropped
@@ -148,8 +149,8 @@ pub struct DhtConfig {
     pub bootstrap_timeout: Duration,
     /// See [`DEFAULT_QUERY_TIMEOUT`].
     pub query_timeout: Duration,
-    /// See [`DEFAULT_GET_RECORD_GRACE`].
-    pub get_record_grace: Duration,
+    /// See [`DEFAULT_LOOKUP_GRACE`].
+    pub lookup_grace: Duration,
     /// The STUN and TURN servers this node offers its peers on [`ICE_PROTOCOL`]; none by
     /// default.
     pub ice: IceService,
@@ -227,6 +228,18 @@ impl Traffic {
                 .topic_messages_received
                 .saturating_sub(earlier.topic_messages_received),
             pings: self.pings.saturating_sub(earlier.pings),
+        }
+    }
+
+    /// Both together, kind by kind: the traffic of several nodes, or of several periods.
+    pub fn plus(&self, other: &Traffic) -> Traffic {
+        Traffic {
+            kad_requests_sent: self.kad_requests_sent + other.kad_requests_sent,
+            kad_requests_received: self.kad_requests_received + other.kad_requests_received,
+            topic_messages_published: self.topic_messages_published
+                + other.topic_messages_published,
+            topic_messages_received: self.topic_messages_received + other.topic_messages_received,
+            pings: self.pings + other.pings,
         }
     }
 }
@@ -391,7 +404,7 @@ impl DhtConfig {
             record_handover: true,
             bootstrap_timeout: DEFAULT_BOOTSTRAP_TIMEOUT,
             query_timeout: DEFAULT_QUERY_TIMEOUT,
-            get_record_grace: DEFAULT_GET_RECORD_GRACE,
+            lookup_grace: DEFAULT_LOOKUP_GRACE,
             ice: IceService::default(),
             kad_server: true,
             mdns: false,
@@ -534,7 +547,7 @@ impl DhtHandle {
 
     /// Fetches every value stored under `key` that the query finds (at most
     /// [`MAX_RECORDS_PER_GET`]) until every node asked has answered, or
-    /// [`DhtConfig::get_record_grace`] after the first was found, or the query timeout; an
+    /// [`DhtConfig::lookup_grace`] after the first was found, or the query timeout; an
     /// empty list when there is none.
     ///
     /// # Errors

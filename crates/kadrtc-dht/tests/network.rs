@@ -648,14 +648,24 @@ async fn pass_on(
     }
 }
 
+/// What a lookup beside a silent node returns within 5 s: `None` when it was still running.
+struct BesideSilent {
+    value: Vec<u8>,
+    values: Option<Vec<Vec<u8>>>,
+    writer: PeerId,
+    providers: Option<Vec<PeerId>>,
+}
+
 /// A reader that knows the writer directly and a second node only through a proxy that
-/// then stops passing bytes: what its get of the writer's record returns within 5 s, with
-/// `grace` as its [`DhtConfig::get_record_grace`].
-async fn get_beside_a_silent_node(grace: Duration) -> (Vec<u8>, Option<Vec<Vec<u8>>>) {
+/// then stops passing bytes: what its get of the writer's record and its lookup of the
+/// writer as provider return within 5 s, with `grace` as its [`DhtConfig::lookup_grace`].
+async fn lookups_beside_a_silent_node(grace: Duration) -> BesideSilent {
     let silent = node(None).await;
     let writer_key = Keypair::generate_ed25519();
     let writer = node_with_key(writer_key.clone(), Some(&silent)).await;
     let (key, value) = put_offer(&writer, &writer_key).await;
+    let presence = RoomName::new("lobby").unwrap().id().presence_key();
+    writer.start_providing(presence.clone()).await.unwrap();
 
     let silent_addr = silent.listen_addrs()[0].clone();
     let silent_port = silent_addr
@@ -669,7 +679,7 @@ async fn get_beside_a_silent_node(grace: Duration) -> (Vec<u8>, Option<Vec<Vec<u
     let through_proxy = format!("/ip4/127.0.0.1/tcp/{proxy_port}/p2p/{}", silent.peer_id());
     let mut reader_config = config(Keypair::generate_ed25519(), Some(&writer))
         .with_bootstrap(through_proxy.parse().unwrap());
-    reader_config.get_record_grace = grace;
+    reader_config.lookup_grace = grace;
     reader_config.query_timeout = Duration::from_secs(30);
     let reader = DhtHandle::spawn(reader_config).await.unwrap();
     // Both nodes answer the reader's gets while the proxy passes bytes.
@@ -684,19 +694,37 @@ async fn get_beside_a_silent_node(grace: Duration) -> (Vec<u8>, Option<Vec<Vec<u
     .expect("the reader asks both nodes");
 
     freeze.send(true).unwrap();
-    let values = timeout(Duration::from_secs(5), reader.get_record(key))
-        .await
-        .ok()
-        .map(Result::unwrap);
-    (value, values)
+    let (values, providers) = tokio::join!(
+        timeout(Duration::from_secs(5), reader.get_record(key)),
+        timeout(Duration::from_secs(5), reader.get_providers(presence)),
+    );
+    BesideSilent {
+        value,
+        values: values.ok().map(Result::unwrap),
+        writer: writer.peer_id(),
+        providers: providers.ok().map(Result::unwrap),
+    }
 }
 
 #[tokio::test]
-async fn a_get_ends_a_grace_after_its_first_record_when_another_node_never_answers() {
-    let (value, values) = get_beside_a_silent_node(Duration::from_millis(500)).await;
-    assert_eq!(values, Some(vec![value]), "the writer's copy within 5 s");
-    // Control: without the grace, the get waits for the silent node (up to its 10 s request
-    // timeout) and is still running after 5 s.
-    let (_, values) = get_beside_a_silent_node(Duration::from_secs(60)).await;
-    assert_eq!(values, None, "the get waited for the silent node");
+async fn lookups_end_a_grace_after_their_first_result_when_another_node_never_answers() {
+    let graced = lookups_beside_a_silent_node(Duration::from_millis(500)).await;
+    assert_eq!(
+        graced.values,
+        Some(vec![graced.value]),
+        "the writer's copy within 5 s"
+    );
+    assert_eq!(
+        graced.providers,
+        Some(vec![graced.writer]),
+        "the writer as provider within 5 s"
+    );
+    // Control: without the grace, each lookup waits for the silent node (up to its 10 s
+    // request timeout) and is still running after 5 s.
+    let waited = lookups_beside_a_silent_node(Duration::from_secs(60)).await;
+    assert_eq!(waited.values, None, "the get waited for the silent node");
+    assert_eq!(
+        waited.providers, None,
+        "the provider lookup waited for the silent node"
+    );
 }

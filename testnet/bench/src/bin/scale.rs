@@ -69,6 +69,10 @@ enum Scenario {
         /// Seconds the connected network is watched for its messages per node per minute.
         #[arg(long, default_value_t = 60)]
         observe_s: u64,
+        /// Seconds between the last pair's outcome and the watch: the rooms' presence
+        /// lookups back off from 10 s to one a minute in about two minutes once connected.
+        #[arg(long, default_value_t = 120)]
+        settle_s: u64,
     },
     /// Two members connected in a room, then idle: messages per minute afterwards.
     Idle {
@@ -134,6 +138,7 @@ async fn run(cli: Cli) -> anyhow::Result<bool> {
             timeout_s,
             join_rate,
             observe_s,
+            settle_s,
         } => {
             ensure!(
                 join_rate.is_none_or(|rate| rate.is_finite() && rate > 0.0),
@@ -144,6 +149,7 @@ async fn run(cli: Cli) -> anyhow::Result<bool> {
                 usize::from(rooms),
                 Duration::from_secs(timeout_s),
                 join_rate,
+                Duration::from_secs(settle_s),
                 Duration::from_secs(observe_s),
             )
             .await?;
@@ -231,7 +237,12 @@ struct NetworkReport {
     setup_messages_per_node: f64,
     /// Then per node per minute, with every pair connected.
     connected_messages_per_node_per_minute: f64,
+    /// The same by kind: Kademlia requests sent, answered; topic messages published,
+    /// received.
+    connected_by_kind_per_node_per_minute: [f64; 4],
     observed_minutes: f64,
+    /// Seconds the connected network was left alone before it was watched.
+    settled_s: f64,
     start_s: f64,
 }
 
@@ -292,7 +303,8 @@ impl Report {
                  record get             {}/{} found ({} failed); p50 {:.1} ms, p99 {:.1} ms\n\
                  requests per get       mean {:.1}, p99 {:.0} (log2 N = {:.1})\n\
                  memory                 RSS {:.0} MiB, {:.0} KiB per node (peer connections included)\n\
-                 messages per node      {:.1} to connect the rooms; then {:.1} per minute (DHT and gossipsub, over {:.1} min)\n\
+                 messages per node      {:.1} to connect the rooms; then, from {:.0} s later, {:.1} per minute (DHT and gossipsub, over {:.1} min)\n\
+                 of which, per minute   kad sent {:.1}, kad answered {:.1}, topic published {:.1}, topic received {:.1}\n\
                  network start          {:.1} s\n",
                 r.nodes,
                 r.rooms,
@@ -315,8 +327,13 @@ impl Report {
                 r.rss_mib,
                 r.rss_per_node_kib,
                 r.setup_messages_per_node,
+                r.settled_s,
                 r.connected_messages_per_node_per_minute,
                 r.observed_minutes,
+                r.connected_by_kind_per_node_per_minute[0],
+                r.connected_by_kind_per_node_per_minute[1],
+                r.connected_by_kind_per_node_per_minute[2],
+                r.connected_by_kind_per_node_per_minute[3],
                 r.start_s,
             ),
             Report::Idle(r) => {
@@ -496,6 +513,7 @@ async fn network(
     rooms: usize,
     timeout: Duration,
     join_rate: Option<f64>,
+    settle: Duration,
     observe: Duration,
 ) -> anyhow::Result<NetworkReport> {
     ensure!(
@@ -585,6 +603,13 @@ async fn network(
 
     let rss = rss_mib()?;
 
+    if !settle.is_zero() {
+        eprintln!(
+            "   leaving the connected network alone for {} s",
+            settle.as_secs()
+        );
+        tokio::time::sleep(settle).await;
+    }
     eprintln!(
         "   watching the connected network for {} s",
         observe.as_secs()
@@ -594,6 +619,8 @@ async fn network(
     tokio::time::sleep(observe).await;
     let minutes = watched_from.elapsed().as_secs_f64() / 60.0;
     let watched = messages_since(&nodes, &watched_before);
+    let by_kind = traffic_since(&nodes, &watched_before);
+    let per_node_minute = |n: u64| n as f64 / count as f64 / minutes;
     let report = NetworkReport {
         dht_nodes,
         nodes: count,
@@ -614,8 +641,15 @@ async fn network(
         rss_per_node_kib: (rss - rss_before) * 1024.0 / count as f64,
         join_rate,
         setup_messages_per_node: setup_messages as f64 / count as f64,
-        connected_messages_per_node_per_minute: watched as f64 / count as f64 / minutes,
+        connected_messages_per_node_per_minute: per_node_minute(watched),
+        connected_by_kind_per_node_per_minute: [
+            per_node_minute(by_kind.kad_requests_sent),
+            per_node_minute(by_kind.kad_requests_received),
+            per_node_minute(by_kind.topic_messages_published),
+            per_node_minute(by_kind.topic_messages_received),
+        ],
         observed_minutes: minutes,
+        settled_s: settle.as_secs_f64(),
         start_s,
     };
     for (a, b) in held {
@@ -626,14 +660,18 @@ async fn network(
 
 /// DHT and gossipsub messages (pings left out) of all `nodes` since `before`.
 fn messages_since(nodes: &[Node], before: &[Traffic]) -> u64 {
+    let traffic = traffic_since(nodes, before);
+    traffic.total() - traffic.pings
+}
+
+/// What all `nodes` exchanged since `before` (their snapshots, in the same order).
+fn traffic_since(nodes: &[Node], before: &[Traffic]) -> Traffic {
     nodes
         .iter()
         .zip(before)
-        .map(|(node, before)| {
-            let traffic = node.traffic().since(before);
-            traffic.total() - traffic.pings
+        .fold(Traffic::default(), |sum, (node, before)| {
+            sum.plus(&node.traffic().since(before))
         })
-        .sum()
 }
 
 async fn idle(others: usize, period: Duration) -> anyhow::Result<IdleReport> {
