@@ -76,8 +76,11 @@ fn offer_signal(sdp: &str) -> Body {
     })
 }
 
-/// Subscribes `dht` to the room topic and waits until a publication reaches `target`
-/// (dialled through a provider lookup of the room's presence key). Returns the subscription.
+/// Subscribes `dht` to the room topic, waits until `target` is known to be on it (dialled
+/// through a provider lookup of the room's presence key; its subscription has arrived, so
+/// publications from `dht` go to it directly rather than only to other subscribers, which
+/// drop an attacker's forgeries instead of relaying them) and publishes a presence signed by
+/// `from`. Returns the subscription.
 async fn reach_topic(
     dht: &DhtHandle,
     room: &RoomKeys,
@@ -85,18 +88,23 @@ async fn reach_topic(
     target: PeerId,
 ) -> tokio::sync::mpsc::Receiver<TopicEvent> {
     let topic = room.name.id().topic();
-    let subscription = dht.subscribe(topic.clone()).await.unwrap();
-    let presence = room.sign(&room.envelope(from, None, Body::Presence), from);
+    let mut subscription = dht.subscribe(topic.clone()).await.unwrap();
     let end = Instant::now() + DEADLINE;
+    let mut subscribed = false;
     loop {
         let _ = dht.get_providers(room.name.id().presence_key()).await;
-        let connected = dht.connected_peers().await.unwrap().contains(&target);
-        if connected && dht.publish(topic.clone(), presence.clone()).await.is_ok() {
-            return subscription;
+        while let Ok(event) = subscription.try_recv() {
+            subscribed |= matches!(event, TopicEvent::PeerSubscribed { peer } if peer == target);
+        }
+        if subscribed {
+            break;
         }
         assert!(Instant::now() < end, "never reached {target} on the topic");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+    let presence = room.sign(&room.envelope(from, None, Body::Presence), from);
+    dht.publish(topic, presence).await.unwrap();
+    subscription
 }
 
 /// A storing node and a victim that joined a fresh room, logging kadrtc's debug lines.

@@ -818,7 +818,14 @@ impl EventLoop {
                             .map_err(|e| DhtError::Subscribe(e.to_string()))
                     });
                 if result.is_ok() {
-                    self.topics.insert(ident.hash(), (topic, sender));
+                    // Peers whose subscription arrived before ours were announced to nobody.
+                    let hash = ident.hash();
+                    for (peer, topics) in behaviour.gossipsub.all_peers() {
+                        if topics.contains(&&hash) {
+                            let _ = sender.try_send(TopicEvent::PeerSubscribed { peer: *peer });
+                        }
+                    }
+                    self.topics.insert(hash, (topic, sender));
                 }
                 let _ = reply.send(result);
             }

@@ -279,7 +279,8 @@ pub enum TopicEvent {
         /// The envelope it carried (boxed: it is large beside the other variant).
         envelope: Box<Envelope<Sealed>>,
     },
-    /// A connected peer subscribed to the topic.
+    /// A connected peer subscribed to the topic, or (right after [`DhtHandle::subscribe`]) a
+    /// connected peer that had subscribed before we did.
     PeerSubscribed {
         /// The peer.
         peer: PeerId,
@@ -586,7 +587,8 @@ impl DhtHandle {
     }
 
     /// Subscribes to `topic`; validated messages and peer subscriptions arrive on the returned
-    /// receiver (bounded by [`TOPIC_CHANNEL_CAPACITY`]).
+    /// receiver (bounded by [`TOPIC_CHANNEL_CAPACITY`]). It starts with a
+    /// [`TopicEvent::PeerSubscribed`] for each connected peer already on the topic.
     ///
     /// # Errors
     ///

@@ -291,6 +291,34 @@ async fn topic_delivers_valid_envelopes_and_drops_invalid_ones() {
 }
 
 #[tokio::test]
+async fn a_late_subscriber_learns_the_peers_already_on_the_topic() {
+    let a = node(None).await;
+    let b_key = Keypair::generate_ed25519();
+    let b = node_with_key(b_key.clone(), Some(&a)).await;
+    let room = RoomName::new("lobby").unwrap().id();
+    let _a_sub = a.subscribe(room.topic()).await.unwrap();
+    // b, not subscribed, can publish (to its fanout) once a's subscription has reached it.
+    let mut presence = offer(&b_key, a.peer_id(), "lobby");
+    presence.to = None;
+    presence.body = Body::Presence;
+    let presence = sign(&presence, &b_key);
+    eventually(Duration::from_secs(10), || {
+        let (b, topic, data) = (b.clone(), room.topic(), presence.clone());
+        async move { b.publish(topic, data).await.ok() }
+    })
+    .await
+    .expect("a's subscription reaches b");
+
+    // a's subscription came before b's own: b's receiver still starts with it.
+    let mut b_sub = b.subscribe(room.topic()).await.unwrap();
+    let first = timeout(Duration::from_secs(1), b_sub.recv()).await;
+    assert!(
+        matches!(first, Ok(Some(TopicEvent::PeerSubscribed { peer })) if peer == a.peer_id()),
+        "b learns that a is on the topic: {first:?}"
+    );
+}
+
+#[tokio::test]
 async fn unreachable_bootstrap_is_a_clear_error() {
     // Bind and drop a listener to get a loopback port nobody listens on.
     let port = std::net::TcpListener::bind("127.0.0.1:0")
