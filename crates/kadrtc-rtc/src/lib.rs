@@ -772,16 +772,13 @@ impl PeerConnection {
     /// An acknowledged message is in the remote's SCTP stack, not necessarily read by its
     /// application; a connection whose remote is gone waits the whole `limit`.
     pub async fn flush(&self, limit: Duration) -> bool {
-        let deadline = tokio::time::Instant::now() + limit;
-        loop {
-            if self.channels.outstanding_bytes().await == 0 {
-                return true;
+        // The limit covers webrtc-rs's own calls too, should its driver be stuck.
+        let acknowledged = async {
+            while self.channels.outstanding_bytes().await > 0 {
+                tokio::time::sleep(FLUSH_POLL_INTERVAL).await;
             }
-            if tokio::time::Instant::now() + FLUSH_POLL_INTERVAL > deadline {
-                return false;
-            }
-            tokio::time::sleep(FLUSH_POLL_INTERVAL).await;
-        }
+        };
+        tokio::time::timeout(limit, acknowledged).await.is_ok()
     }
 
     /// Closes the connection and its channel.
