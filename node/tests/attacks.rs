@@ -94,7 +94,9 @@ async fn reach_topic(
     loop {
         let _ = dht.get_providers(room.name.id().presence_key()).await;
         while let Ok(event) = subscription.try_recv() {
-            subscribed |= matches!(event, TopicEvent::PeerSubscribed { peer } if peer == target);
+            subscribed |= matches!(event,
+                TopicEvent::PeerSubscribed { peer } | TopicEvent::AlreadySubscribed { peer }
+                    if peer == target);
         }
         if subscribed {
             break;

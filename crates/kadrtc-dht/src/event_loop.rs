@@ -165,6 +165,12 @@ struct Pending<T> {
 }
 
 /// Sleeps until `at`, or for ever when `None`.
+/// When a lookup's grace, started now, ends; `None` (never) for a grace past what a clock
+/// can hold, such as `Duration::MAX`.
+fn grace_end(grace: Duration) -> Option<tokio::time::Instant> {
+    tokio::time::Instant::now().checked_add(grace)
+}
+
 async fn sleep_until_some(at: Option<tokio::time::Instant>) {
     match at {
         Some(at) => tokio::time::sleep_until(at).await,
@@ -822,7 +828,7 @@ impl EventLoop {
                     let hash = ident.hash();
                     for (peer, topics) in behaviour.gossipsub.all_peers() {
                         if topics.contains(&&hash) {
-                            let _ = sender.try_send(TopicEvent::PeerSubscribed { peer: *peer });
+                            let _ = sender.try_send(TopicEvent::AlreadySubscribed { peer: *peer });
                         }
                     }
                     self.topics.insert(hash, (topic, sender));
@@ -1059,9 +1065,9 @@ impl EventLoop {
                     }) = self.pending_providers.get_mut(&id)
                     {
                         for peer in providers.iter().filter(|p| **p != local) {
-                            finish_at.get_or_insert_with(|| {
-                                tokio::time::Instant::now() + self.lookup_grace
-                            });
+                            if finish_at.is_none() {
+                                *finish_at = grace_end(self.lookup_grace);
+                            }
                             if found.len() < MAX_PROVIDERS_PER_GET && !found.contains(peer) {
                                 found.push(*peer);
                             }
@@ -1088,9 +1094,10 @@ impl EventLoop {
                             ..
                         }) = self.pending_get.get_mut(&id)
                         {
-                            finish_at.get_or_insert_with(|| {
-                                tokio::time::Instant::now() + self.lookup_grace
-                            });
+                            // The local store's copy comes first, before any node was asked.
+                            if finish_at.is_none() && found.peer.is_some() {
+                                *finish_at = grace_end(self.lookup_grace);
+                            }
                             if values.len() < MAX_RECORDS_PER_GET
                                 && !values.contains(&found.record.value)
                             {
@@ -1429,7 +1436,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn a_publisher_over_its_quota_is_refused_and_warned_about_once_a_minute_not_per_refusal() {
+    fn a_publisher_over_its_quota_is_refused_and_only_its_first_refusal_is_warned_about() {
         let mut rate = PublisherRate::per_minute("records", 3);
         let (flooder, other) = (PeerId::random(), PeerId::random());
         for _ in 0..3 {

@@ -71,8 +71,8 @@ pub const DEFAULT_BOOTSTRAP_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long one Kademlia query may run.
 pub const DEFAULT_QUERY_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long a [`DhtHandle::get_record`] or [`DhtHandle::get_providers`] query goes on once
-/// it found a first result (a copy of the record; a provider other than this node), for
-/// other nodes' answers (newer copies, more providers), before it ends with what it has. A
+/// it found a first result from the network (a copy of the record from another node; a
+/// provider other than this node), for other nodes' answers (newer copies, more providers), before it ends with what it has. A
 /// query ends sooner when every node it asks has answered. Without it, one slow or
 /// unreachable node among the k closest held every lookup to [`DEFAULT_QUERY_TIMEOUT`]: on
 /// a loaded 200-node network, the median get took 10.8 s (BENCHMARKS.md, item 8).
@@ -149,7 +149,7 @@ pub struct DhtConfig {
     pub bootstrap_timeout: Duration,
     /// See [`DEFAULT_QUERY_TIMEOUT`].
     pub query_timeout: Duration,
-    /// See [`DEFAULT_LOOKUP_GRACE`].
+    /// See [`DEFAULT_LOOKUP_GRACE`]; `Duration::MAX` turns it off.
     pub lookup_grace: Duration,
     /// The STUN and TURN servers this node offers its peers on [`ICE_PROTOCOL`]; none by
     /// default.
@@ -276,12 +276,18 @@ pub enum TopicEvent {
         /// The connected peer that delivered it to this node: the author itself when it is
         /// directly connected, otherwise a relay of the topic mesh.
         propagation_source: PeerId,
-        /// The envelope it carried (boxed: it is large beside the other variant).
+        /// The envelope it carried (boxed: it is large beside the other variants).
         envelope: Box<Envelope<Sealed>>,
     },
-    /// A connected peer subscribed to the topic, or (right after [`DhtHandle::subscribe`]) a
-    /// connected peer that had subscribed before we did.
+    /// A connected peer subscribed to the topic.
     PeerSubscribed {
+        /// The peer.
+        peer: PeerId,
+    },
+    /// A connected peer that was on the topic already when [`DhtHandle::subscribe`] was
+    /// called: its subscription came first and was given to nobody. It has our subscription
+    /// now, so it hears what we publish from here on.
+    AlreadySubscribed {
         /// The peer.
         peer: PeerId,
     },
@@ -514,7 +520,9 @@ impl DhtHandle {
     }
 
     /// Finds providers of `key` (at most [`MAX_PROVIDERS_PER_GET`], this node excluded) and
-    /// dials those not yet connected.
+    /// dials those not yet connected; the query ends when every node asked has answered,
+    /// [`DhtConfig::lookup_grace`] after the first provider was found, or at the query
+    /// timeout.
     ///
     /// # Errors
     ///
@@ -548,8 +556,8 @@ impl DhtHandle {
 
     /// Fetches every value stored under `key` that the query finds (at most
     /// [`MAX_RECORDS_PER_GET`]) until every node asked has answered, or
-    /// [`DhtConfig::lookup_grace`] after the first was found, or the query timeout; an
-    /// empty list when there is none.
+    /// [`DhtConfig::lookup_grace`] after another node's first copy was found, or the query
+    /// timeout; an empty list when there is none.
     ///
     /// # Errors
     ///
@@ -588,7 +596,7 @@ impl DhtHandle {
 
     /// Subscribes to `topic`; validated messages and peer subscriptions arrive on the returned
     /// receiver (bounded by [`TOPIC_CHANNEL_CAPACITY`]). It starts with a
-    /// [`TopicEvent::PeerSubscribed`] for each connected peer already on the topic.
+    /// [`TopicEvent::AlreadySubscribed`] for each connected peer already on the topic.
     ///
     /// # Errors
     ///

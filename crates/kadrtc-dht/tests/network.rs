@@ -313,7 +313,7 @@ async fn a_late_subscriber_learns_the_peers_already_on_the_topic() {
     let mut b_sub = b.subscribe(room.topic()).await.unwrap();
     let first = timeout(Duration::from_secs(1), b_sub.recv()).await;
     assert!(
-        matches!(first, Ok(Some(TopicEvent::PeerSubscribed { peer })) if peer == a.peer_id()),
+        matches!(first, Ok(Some(TopicEvent::AlreadySubscribed { peer })) if peer == a.peer_id()),
         "b learns that a is on the topic: {first:?}"
     );
 }

@@ -530,8 +530,9 @@ impl ManualConnection {
     /// [`CLOSE_FLUSH_TIMEOUT`]); the other side sees [`ManualEvent::Closed`] (or its WebRTC
     /// stack's equivalent).
     pub async fn close(mut self) {
-        self.closed = true;
         self.pc.flush(CLOSE_FLUSH_TIMEOUT).await;
+        // Only now: dropped during the flush, the connection is still closed by `Drop`.
+        self.closed = true;
         self.pc.close().await;
     }
 

@@ -63,7 +63,8 @@ const INTERNAL_CAPACITY: usize = 256;
 pub const LEAVE_LIMIT: Duration = Duration::from_secs(5);
 /// How long leaving waits for the `Leave` announcement, and for connection teardown.
 const LEAVE_TIMEOUT: Duration = Duration::from_secs(2);
-/// How long leaving waits for the goodbye on open channels to be sent.
+/// How long leaving waits for what was sent before to be acknowledged, and then for the
+/// goodbye on open channels to be sent.
 const BYE_TIMEOUT: Duration = Duration::from_millis(500);
 /// How long leaving waits for the remote to acknowledge what was sent on a connection before
 /// it closes it (see [`PeerConnection::flush`]); part of the teardown's [`LEAVE_TIMEOUT`].
@@ -1276,6 +1277,12 @@ impl RoomActor {
                     self.publish_on_topic(bytes);
                 }
             }
+            TopicEvent::AlreadySubscribed { peer }
+                if peer != self.local && self.admitted(&peer) =>
+            {
+                // On the topic before us: it hears the announcement made once we subscribed.
+                self.discover(peer, Discovery::Gossipsub);
+            }
             TopicEvent::Message {
                 envelope,
                 propagation_source,
@@ -1653,6 +1660,14 @@ impl RoomActor {
     }
 
     async fn shutdown(&mut self) {
+        // What was sent before (a file's last reply) is acknowledged before the goodbye,
+        // which has the member close the connection at once and could overtake it.
+        let sent_before = self
+            .peers
+            .values()
+            .filter_map(|entry| entry.connection.as_ref())
+            .map(|(_, pc)| pc.flush(BYE_TIMEOUT));
+        futures::future::join_all(sent_before).await;
         // Open channels hear it first, and report the departure at once.
         let channels: Vec<Channel> = self
             .channels
