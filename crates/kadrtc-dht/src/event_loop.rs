@@ -164,13 +164,13 @@ struct Pending<T> {
     finish_at: Option<tokio::time::Instant>,
 }
 
-/// Sleeps until `at`, or for ever when `None`.
 /// When a lookup's grace, started now, ends; `None` (never) for a grace past what a clock
 /// can hold, such as `Duration::MAX`.
 fn grace_end(grace: Duration) -> Option<tokio::time::Instant> {
     tokio::time::Instant::now().checked_add(grace)
 }
 
+/// Sleeps until `at`, or for ever when `None`.
 async fn sleep_until_some(at: Option<tokio::time::Instant>) {
     match at {
         Some(at) => tokio::time::sleep_until(at).await,
