@@ -75,7 +75,8 @@ pub const DEFAULT_QUERY_TIMEOUT: Duration = Duration::from_secs(10);
 /// provider other than this node), for other nodes' answers (newer copies, more
 /// providers), before it ends with what it has. A query ends sooner when every node it
 /// asks has answered. Without it, one slow or unreachable node among the k closest held
-/// every lookup to [`DEFAULT_QUERY_TIMEOUT`]: on a loaded 200-node network, the median get took 10.8 s (BENCHMARKS.md, item 8).
+/// every lookup to [`DEFAULT_QUERY_TIMEOUT`]: on a loaded 200-node network, the median
+/// get took 10.8 s (BENCHMARKS.md, item 8).
 pub const DEFAULT_LOOKUP_GRACE: Duration = Duration::from_secs(1);
 /// Capacity of the command channel from handles to the event loop.
 pub const COMMAND_CHANNEL_CAPACITY: usize = 256;
